@@ -1,0 +1,20 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR10 = ROOT.parent / "shared" / "datasets" / "cifar10"
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    # The suite runs on 2 cores; keep tests from oversubscribing them.
+    torch.set_num_threads(2)
+
+
+@pytest.fixture
+def cifar10_root() -> Path:
+    if not (CIFAR10 / "train").is_dir():
+        pytest.skip(f"CIFAR-10 ImageFolder copy not found at {CIFAR10} (only present on the project's machines)")
+    return CIFAR10

@@ -1,0 +1,84 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wcl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "data.yaml")
+
+
+def _tiny(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+        "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--trainer.log_every_n_steps", "1",
+        "--data.batch_size", "32", "--data.train_per_class", "7", "--data.val_per_class", "4",
+        "--data.num_workers", "0", "--model.knn_every_n_epochs", "1", *extra,
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: wcl.WCL" in printed and "class_path: wcl.WCLDataModule" in printed
+
+
+def test_fit_on_bundled_logs_metrics_and_writes_checkpoint(tmp_path, capsys):
+    main(_tiny(tmp_path))
+    out = capsys.readouterr().out
+    assert "wcl: final val/knn_top1 = " in out
+    ckpt = Path(out.split("wcl: checkpoint: ")[1].split()[0])
+    assert ckpt.is_file() and ckpt.name == "last.ckpt"
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    keys = set(rows[0])
+    for key in ("train/loss", "train/loss_nce", "train/loss_weak", "weak_labels/num_components",
+                "weak_labels/mean_component_size", "weak_labels/purity", "val/knn_top1",
+                "val/online_linear_top1"):
+        assert key in keys, key
+    purity = [float(r["weak_labels/purity"]) for r in rows if r["weak_labels/purity"]]
+    assert purity and all(0.0 <= p <= 1.0 for p in purity)
+    knn = [float(r["val/knn_top1"]) for r in rows if r["val/knn_top1"]]
+    assert len(knn) == 2 and all(0.0 <= k <= 1.0 for k in knn)
+
+
+def test_composed_configs_override(tmp_path, capsys):
+    overlay = tmp_path / "simclr.yaml"
+    overlay.write_text("model:\n  init_args:\n    weak_weight: 0.0\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(overlay),
+              "--print_config"])
+    out = capsys.readouterr().out
+    assert "weak_weight: 0.0" in out and "width: 16" in out
+
+
+def test_unknown_key_fails_loudly(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.init_args.widht", "8"])
+    assert exc.value.code != 0
+    assert "widht" in capsys.readouterr().err
+
+
+def test_missing_root_is_one_clear_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "wcl", "fit", "--config", "configs/cifar10/wcl.yaml",
+         "--data.root", str(tmp_path / "missing")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "wcl: error: dataset root" in proc.stderr and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_batch_size_one_is_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(_tiny(tmp_path, "--data.batch_size", "1"))
+    assert exc.value.code == 2
+    assert "at least 2 samples" in capsys.readouterr().err

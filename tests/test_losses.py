@@ -1,0 +1,90 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wcl.graph import weak_labels
+from wcl.losses import contrastive_loss, nt_xent_loss, weak_label_loss
+
+
+def _loop_supcon(x: torch.Tensor, positives: list[list[int]], tau: float) -> float:
+    """Reference: mean over anchors of -(1/|P|) Σ_p log(exp(s_ip) / Σ_{k≠i} exp(s_ik)), plain Python loops."""
+    x = F.normalize(x.double(), dim=1)
+    n = x.shape[0]
+    total = 0.0
+    for i in range(n):
+        denom = sum(math.exp(float(x[i] @ x[k]) / tau) for k in range(n) if k != i)
+        total += -sum(math.log(math.exp(float(x[i] @ x[p]) / tau) / denom) for p in positives[i]) / len(positives[i])
+    return total / n
+
+
+def test_nt_xent_hand_computed_two_pairs():
+    # B=2 in 2-D: views of sample 0 at 0° and 90°, of sample 1 at 180° and 270°. tau = 1.
+    z1 = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    z2 = torch.tensor([[0.0, 1.0], [0.0, -1.0]])
+    # Every anchor: positive at cos 0, negatives at cos -1 and cos 0 → loss = -log(e^0 / (e^0 + e^-1 + e^0)).
+    expected = -math.log(1 / (2 + math.exp(-1)))
+    assert nt_xent_loss(z1, z2, temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nt_xent_matches_loop_reference(dtype):
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(6, 5, generator=g, dtype=dtype), torch.randn(6, 5, generator=g, dtype=dtype)
+    b = 6
+    positives = [[i + b] for i in range(b)] + [[i] for i in range(b)]
+    ref = _loop_supcon(torch.cat([z1, z2]), positives, 0.3)
+    assert nt_xent_loss(z1, z2, temperature=0.3).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_nt_xent_scale_invariant_and_finite_under_bf16_autocast():
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    ref = nt_xent_loss(z1, z2)
+    assert nt_xent_loss(z1 * 7.0, z2 * 0.01).item() == pytest.approx(ref.item(), rel=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = nt_xent_loss(z1.bfloat16(), z2.bfloat16())
+    assert low.dtype == torch.float32 and torch.isfinite(low)
+    assert low.item() == pytest.approx(ref.item(), rel=2e-2)
+
+
+def test_weak_label_loss_matches_loop_reference_swapped():
+    g = torch.Generator().manual_seed(2)
+    v1, v2 = torch.randn(10, 4, generator=g, dtype=torch.float64), torch.randn(10, 4, generator=g, dtype=torch.float64)
+    y1, y2 = weak_labels(v1).tolist(), weak_labels(v2).tolist()
+
+    def members(labels):
+        return [[j for j in range(10) if j != i and labels[j] == labels[i]] for i in range(10)]
+
+    # Labels of view 2 supervise view 1 and vice versa.
+    ref = 0.5 * (_loop_supcon(v1, members(y2), 0.2) + _loop_supcon(v2, members(y1), 0.2))
+    assert weak_label_loss(v1, v2, temperature=0.2).item() == pytest.approx(ref, rel=1e-6)
+    # Not symmetric in which labels are used: unswapped gives a different value unless partitions agree.
+    if y1 != y2:
+        unswapped = 0.5 * (_loop_supcon(v1, members(y1), 0.2) + _loop_supcon(v2, members(y2), 0.2))
+        assert unswapped != pytest.approx(ref, rel=1e-6)
+
+
+def test_contrastive_loss_skips_anchors_without_positives_and_excludes_self():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    groups = torch.tensor([0, 0, 1])  # anchor 2 has no positive
+    loss = contrastive_loss(x, x, groups, groups, torch.arange(3), temperature=0.5)
+    # Anchor 2 has no positive and is left out of the mean, but stays a negative of anchors 0 and 1.
+    xn = F.normalize(x, dim=1)
+    s = (xn @ xn.T / 0.5).tolist()
+    l0 = -math.log(math.exp(s[0][1]) / (math.exp(s[0][1]) + math.exp(s[0][2])))
+    l1 = -math.log(math.exp(s[1][0]) / (math.exp(s[1][0]) + math.exp(s[1][2])))
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_gradients_flow_to_both_views():
+    z1 = torch.randn(8, 4, requires_grad=True)
+    z2 = torch.randn(8, 4, requires_grad=True)
+    (nt_xent_loss(z1, z2) + weak_label_loss(z1, z2)).backward()
+    assert z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0
+
+
+def test_invalid_temperature():
+    with pytest.raises(ValueError, match="temperature"):
+        nt_xent_loss(torch.randn(4, 3), torch.randn(4, 3), temperature=0.0)

@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from wcl.optim import LARS, build_optimizer, param_groups, scaled_lr, warmup_cosine
+
+
+def test_param_groups_exclude_biases_and_norms():
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    decay, no_decay = param_groups({"net": net}, weight_decay=0.1)
+    assert len(decay["params"]) == 1 and decay["params"][0] is net[0].weight
+    assert len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0 and no_decay["lars_exclude"]
+
+
+def test_lars_trust_ratio_and_exclusion():
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))  # ‖w‖ = 5
+    b = nn.Parameter(torch.tensor([1.0]))
+    opt = LARS([{"params": [w], "lars_exclude": False, "weight_decay": 0.0},
+                {"params": [b], "lars_exclude": True, "weight_decay": 0.0}], lr=1.0, momentum=0.0, eta=0.01)
+    w.grad = torch.tensor([0.0, 10.0])  # ‖g‖ = 10 → trust = 0.01·5/10 = 0.005
+    b.grad = torch.tensor([2.0])
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0 - 0.05]))
+    torch.testing.assert_close(b.detach(), torch.tensor([-1.0]))  # plain SGD step
+
+
+def test_lars_weight_decay_enters_trust_ratio():
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = LARS([w], lr=1.0, momentum=0.0, weight_decay=1.0, eta=1.0)
+    w.grad = torch.zeros(2)
+    opt.step()  # d = wd·w; trust = ‖w‖/‖d‖ = 1 → w - w = 0
+    torch.testing.assert_close(w.detach(), torch.zeros(2))
+
+
+def test_scaled_lr():
+    assert scaled_lr(0.3, 512, "linear") == pytest.approx(0.6)
+    assert scaled_lr(0.075, 4096, "sqrt") == pytest.approx(4.8)
+    assert scaled_lr(0.1, 999, "none") == 0.1
+    with pytest.raises(ValueError):
+        scaled_lr(0.1, 256, "cubic")
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100, min_factor=0.1) == pytest.approx(0.1)
+    assert warmup_cosine(40, 0, 80) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
+
+
+@pytest.mark.parametrize("name,cls", [("lars", LARS), ("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_build_optimizer(name, cls):
+    net = nn.Linear(3, 2)
+    assert isinstance(build_optimizer(name, param_groups({"n": net}, 1e-4), 0.1, 0.9, 1e-4), cls)

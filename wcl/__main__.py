@@ -1,0 +1,3 @@
+from wcl.cli import main
+
+main()

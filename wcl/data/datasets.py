@@ -1,0 +1,190 @@
+"""Dataset catalogue: CIFAR-10/100, STL-10, any ImageFolder, and the bundled CIFAR-10 subset.
+
+Builders return datasets of ``(PIL image, label)`` pairs (label -1 where unknown); the wrappers at the end add
+the transforms and the dataset index that every batch carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Subset
+from torchvision import datasets as tvd
+
+from wcl.errors import DataError
+
+DatasetName = Literal["bundled", "cifar10", "cifar100", "stl10", "imagefolder"]
+
+BUNDLED_ROOT = Path(__file__).parent / "bundled" / "cifar10_mini"
+_NUM_CLASSES = {"bundled": 10, "cifar10": 10, "cifar100": 100, "stl10": 10}
+_VAL_DIRS = ("val", "test")
+
+
+@dataclass
+class DatasetSplits:
+    """``pretrain``: images to pretrain on; ``bank``: labelled train images for kNN (eval transform);
+    ``val``: labelled evaluation images (None when the dataset has none)."""
+
+    pretrain: Dataset
+    bank: Dataset
+    val: Dataset | None
+    num_classes: int
+
+
+def rgb_loader(path: str) -> Image.Image:
+    """Open any image as 3-channel RGB (grayscale, palette, RGBA, 16-bit are converted)."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16/32-bit grayscale: rescale to 8 bits instead of clipping at 255.
+            arr = np.asarray(img, dtype=np.float32)
+            hi = float(arr.max()) or 1.0
+            img = Image.fromarray(np.round(arr / hi * 255).astype(np.uint8), mode="L")
+        return img.convert("RGB")
+
+
+def _layout_help(root: Path, name: str) -> str:
+    return (
+        f"expected an ImageFolder layout under {root}: {root}/train/<class>/<image> and, for evaluation, "
+        f"{root}/val/<class>/<image> (or test/). Point --data.root at that folder"
+        + (" or pass --data.download true to fetch it with torchvision" if name in _NUM_CLASSES else "")
+        + "."
+    )
+
+
+def _image_folder(path: Path) -> tvd.ImageFolder:
+    try:
+        return tvd.ImageFolder(str(path), loader=rgb_loader)
+    except FileNotFoundError as err:
+        raise DataError(f"cannot read the image folder {path}: {err}. Each class folder needs at least one "
+                        "image (.jpg, .png, ...); remove empty class folders.") from err
+
+
+def _folder_splits(root: Path, name: str) -> DatasetSplits:
+    train = _image_folder(root / "train")
+    val_dir = next((root / d for d in _VAL_DIRS if (root / d).is_dir()), None)
+    val = _image_folder(val_dir) if val_dir is not None else None
+    if val is not None and val.classes != train.classes:
+        raise DataError(f"the class folders of {val_dir} differ from those of {root / 'train'}; "
+                        "both splits need the same class names.")
+    return DatasetSplits(train, train, val, len(train.classes))
+
+
+class _Relabel(Dataset):
+    """Turns torchvision datasets with ``(img, target)`` into ``(PIL RGB, int)`` pairs."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        img, y = self.base[i]
+        return img.convert("RGB"), int(y)
+
+
+def build_splits(name: DatasetName, root: str | None = None, download: bool = False) -> DatasetSplits:
+    """The pretraining, kNN-bank and validation datasets of ``name`` (see :data:`DatasetName`)."""
+    if name == "bundled":
+        return _folder_splits(BUNDLED_ROOT, name)
+    if name not in (*_NUM_CLASSES, "imagefolder"):
+        raise DataError(f"unknown dataset {name!r}; choose one of bundled, cifar10, cifar100, stl10, imagefolder")
+    if root is None:
+        raise DataError(f"dataset {name!r} needs --data.root (the folder that holds it).")
+    path = Path(root).expanduser()
+    if not path.is_dir() and not download:
+        raise DataError(f"dataset root {path} does not exist. " + _layout_help(path, name))
+    if (path / "train").is_dir():
+        # Any dataset may be given as an ImageFolder tree (e.g. CIFAR-10 exported as JPEG files).
+        return _folder_splits(path, name)
+    if name == "imagefolder":
+        raise DataError(f"dataset root {path} has no train/ folder. " + _layout_help(path, name))
+    try:
+        if name in ("cifar10", "cifar100"):
+            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+            train = _Relabel(cls(str(path), train=True, download=download))
+            val = _Relabel(cls(str(path), train=False, download=download))
+            return DatasetSplits(train, train, val, _NUM_CLASSES[name])
+        pretrain = _Relabel(tvd.STL10(str(path), split="train+unlabeled", download=download))
+        bank = _Relabel(tvd.STL10(str(path), split="train", download=download))
+        val = _Relabel(tvd.STL10(str(path), split="test", download=download))
+        return DatasetSplits(pretrain, bank, val, _NUM_CLASSES[name])
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        raise DataError(f"could not load {name} from {path}: {err}. " + _layout_help(path, name)) from err
+
+
+def targets_of(ds: Dataset) -> list[int]:
+    """Labels of every sample without decoding images (ImageFolder, CIFAR, STL-10, Subset)."""
+    if isinstance(ds, Subset):
+        parent = targets_of(ds.dataset)
+        return [parent[i] for i in ds.indices]
+    if isinstance(ds, _Relabel):
+        return targets_of(ds.base)
+    for attr in ("targets", "labels"):
+        if hasattr(ds, attr):
+            return [int(y) for y in getattr(ds, attr)]
+    raise TypeError(f"cannot read labels of {type(ds).__name__} without decoding it")
+
+
+def first_per_class(ds: Dataset, per_class: int) -> Subset:
+    """The first ``per_class`` samples of each class, in dataset order (unlabelled samples are dropped)."""
+    if per_class < 1:
+        raise DataError(f"per-class subset size must be >= 1, got {per_class}")
+    counts: dict[int, int] = {}
+    keep = []
+    for i, y in enumerate(targets_of(ds)):
+        if y >= 0 and counts.get(y, 0) < per_class:
+            counts[y] = counts.get(y, 0) + 1
+            keep.append(i)
+    return Subset(ds, keep)
+
+
+def _source_of(ds: Dataset, i: int) -> str:
+    """Where sample ``i`` comes from (a file path when known), for error messages."""
+    while isinstance(ds, Subset):
+        ds, i = ds.dataset, ds.indices[i]
+    samples = getattr(ds, "samples", None)
+    return samples[i][0] if samples is not None else f"sample {i} of {type(ds).__name__}"
+
+
+def load_sample(ds: Dataset, i: int) -> tuple[Image.Image, int]:
+    """``ds[i]`` with unreadable images reported by file name."""
+    try:
+        return ds[i]
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot decode image {_source_of(ds, i)}: {err}. Remove or replace the file.") from err
+
+
+class ViewsDataset(Dataset):
+    """Training samples: ``{"views": [C×H×W, …], "index": int, "label": int}``."""
+
+    def __init__(self, base: Dataset, transform: Callable[[Image.Image], list[torch.Tensor]]) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img, y = load_sample(self.base, i)
+        return {"views": self.transform(img), "index": i, "label": int(y)}
+
+
+class EvalDataset(Dataset):
+    """Evaluation samples: ``{"image": C×H×W, "index": int, "label": int}``."""
+
+    def __init__(self, base: Dataset, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        img, y = load_sample(self.base, i)
+        return {"image": self.transform(img), "index": i, "label": int(y)}

@@ -1,0 +1,71 @@
+"""Distributed helpers: gathers that keep the gradient, rank offsets, teardown.
+
+Every helper is the identity when no process group is initialised, so single-process code needs no branch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient and hands each rank its own slice."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        # Rank r's loss depends on every rank's slice: the gradient of the sum of all ranks' losses w.r.t. this
+        # rank's slice is the all-reduced gradient, restricted to that slice. (DDP then averages parameters'
+        # gradients over ranks, which makes the total the gradient of the mean loss.)
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.rows
+        return grad[start : start + ctx.rows]
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate ``x`` (B×…, the same B on every rank) from all ranks in rank order, keeping the gradient."""
+    if not is_distributed():
+        return x
+    return _GatherWithGrad.apply(x)
+
+
+@torch.no_grad()
+def gather_nograd(x: Tensor) -> Tensor:
+    """Concatenate ``x`` (B×…, the same B on every rank) from all ranks in rank order, without gradient."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def rank_offset(local_batch: int) -> int:
+    """Row of this rank's first sample in the gathered global batch."""
+    return rank() * local_batch
+
+
+def destroy_process_group() -> None:
+    """Destroy the default process group if one exists (avoids gloo aborts at interpreter exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,178 @@
+"""Contrastive losses as pure functions of tensors.
+
+One masked contrastive core (:func:`contrastive_loss`) serves every term of WCL:
+
+* NT-Xent (SimCLR): positives are the other view of the same sample;
+* the weak-label loss: positives are the other members of a sample's weak-label component;
+* low-resolution crops (multi-crop): positives are the views (or component) of the crop's anchor sample.
+
+Every function computes the similarities and the log-softmax in float32 (float64 for float64 inputs), also
+under bf16/fp16 autocast.
+The optional ``*_all``/``offset`` arguments let a rank score its local anchors against the gathered global
+batch; with their defaults each function is the single-process definition.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wcl.distributed import gather_with_grad, rank_offset
+from wcl.graph import GraphBackend, weak_labels
+
+
+def contrastive_loss(
+    anchors: Tensor,
+    candidates: Tensor,
+    anchor_groups: Tensor,
+    candidate_groups: Tensor,
+    anchor_positions: Tensor,
+    temperature: float = 0.1,
+) -> Tensor:
+    """Masked (supervised) contrastive loss, averaged over anchors that have at least one positive.
+
+    For anchor i with similarities s_ij = a_i·c_j / τ (both L2-normalized here):
+    ``loss_i = -(1/|P(i)|) Σ_{j∈P(i)} log( exp(s_ij) / Σ_{k≠pos(i)} exp(s_ik) )``
+    where ``P(i) = {j : group(c_j) = group(a_i), j ≠ pos(i)}``.
+
+    Args:
+        anchors: N×D anchor embeddings.
+        candidates: M×D embeddings forming the softmax denominator.
+        anchor_groups: LongTensor[N], the group (sample index or component) of each anchor.
+        candidate_groups: LongTensor[M], the group of each candidate.
+        anchor_positions: LongTensor[N], the row of each anchor inside ``candidates`` (removed from both the
+            positives and the denominator), or -1 when the anchor is not among the candidates.
+        temperature: τ > 0.
+
+    Returns:
+        Scalar loss, float32 (float64 for float64 inputs).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    dtype = torch.promote_types(anchors.dtype, torch.float32)  # float64 stays float64
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        a = F.normalize(anchors.to(dtype), dim=1)
+        c = F.normalize(candidates.to(dtype), dim=1)
+        logits = a @ c.T / temperature  # N×M
+        cols = torch.arange(c.shape[0], device=c.device)
+        is_self = cols[None, :] == anchor_positions[:, None]  # N×M
+        positive = (anchor_groups[:, None] == candidate_groups[None, :]) & ~is_self
+        logits = logits.masked_fill(is_self, float("-inf"))
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        num_pos = positive.sum(dim=1)
+        pos_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+        has_pos = num_pos > 0
+        per_anchor = -pos_log_prob[has_pos] / num_pos[has_pos]
+        return per_anchor.mean()
+
+
+def nt_xent_loss(
+    z1: Tensor,
+    z2: Tensor,
+    temperature: float = 0.1,
+    *,
+    z1_all: Tensor | None = None,
+    z2_all: Tensor | None = None,
+    offset: int = 0,
+) -> Tensor:
+    """SimCLR NT-Xent over B pairs: 2B anchors; the positive of each is the other view of the same sample,
+    the negatives are the other 2B-2 embeddings. Mean over anchors.
+
+    Args:
+        z1, z2: B×D projections of the two views (normalized inside).
+        temperature: τ.
+        z1_all, z2_all: (W·B)×D gathered global batch (default: ``z1``/``z2``, one process).
+        offset: row of this rank's first sample in the global batch.
+    """
+    z1_all = z1 if z1_all is None else z1_all
+    z2_all = z2 if z2_all is None else z2_all
+    b, n = z1.shape[0], z1_all.shape[0]
+    dev = z1.device
+    local = torch.arange(offset, offset + b, device=dev)
+    global_ids = torch.arange(n, device=dev)
+    return contrastive_loss(
+        anchors=torch.cat([z1, z2]),
+        candidates=torch.cat([z1_all, z2_all]),
+        anchor_groups=torch.cat([local, local]),
+        candidate_groups=torch.cat([global_ids, global_ids]),
+        anchor_positions=torch.cat([local, local + n]),
+        temperature=temperature,
+    )
+
+
+def same_view_supcon_loss(v: Tensor, labels: Tensor, temperature: float = 0.1, *,
+                          v_all: Tensor | None = None, offset: int = 0) -> Tensor:
+    """Supervised-contrastive loss over the same-view similarities of one view.
+
+    Args:
+        v: B×D local embeddings (anchors).
+        labels: LongTensor[W·B], the group of every sample of the global batch.
+        v_all: (W·B)×D gathered embeddings (default ``v``).
+        offset: row of this rank's first sample in the global batch.
+    """
+    v_all = v if v_all is None else v_all
+    local = torch.arange(offset, offset + v.shape[0], device=v.device)
+    return contrastive_loss(v, v_all, labels[local], labels, local, temperature)
+
+
+def weak_label_loss(
+    v1: Tensor,
+    v2: Tensor,
+    temperature: float = 0.1,
+    *,
+    v1_all: Tensor | None = None,
+    v2_all: Tensor | None = None,
+    offset: int = 0,
+    labels1: Tensor | None = None,
+    labels2: Tensor | None = None,
+) -> Tensor:
+    """The swapped weak-label loss of WCL.
+
+    Weak labels ``y_k = weak_labels(v_k)`` (1-NN graph components of the global batch of view k). Labels of
+    view 2 supervise the same-view similarities of view 1 and vice versa; for each anchor i,
+    ``-(1/|P(i)|) Σ_{j∈P(i)} log softmax_{j≠i}(v_i·v_j/τ)``, averaged over anchors, then over directions.
+
+    Args:
+        v1, v2: B×D phi-projections of the two views (normalized inside).
+        v1_all, v2_all: (W·B)×D gathered global batch (default: the local tensors).
+        offset: row of this rank's first sample in the global batch.
+        labels1, labels2: precomputed weak labels of the global batch (LongTensor[W·B]); computed if None.
+    """
+    v1_all = v1 if v1_all is None else v1_all
+    v2_all = v2 if v2_all is None else v2_all
+    labels1 = weak_labels(v1_all.detach()) if labels1 is None else labels1
+    labels2 = weak_labels(v2_all.detach()) if labels2 is None else labels2
+    loss_1 = same_view_supcon_loss(v1, labels2, temperature, v_all=v1_all, offset=offset)
+    loss_2 = same_view_supcon_loss(v2, labels1, temperature, v_all=v2_all, offset=offset)
+    return 0.5 * (loss_1 + loss_2)
+
+
+class NTXentLoss(nn.Module):
+    """NT-Xent over the global batch: gathers both views from every rank with gradient, anchors are local."""
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
+        """z1, z2: B×D local projections → scalar loss (DDP's gradient averaging makes it the global mean)."""
+        return nt_xent_loss(z1, z2, self.temperature, z1_all=gather_with_grad(z1), z2_all=gather_with_grad(z2),
+                            offset=rank_offset(z1.shape[0]))
+
+
+class WeakLabelLoss(nn.Module):
+    """Swapped weak-label loss over the global batch; every rank builds the same graph from the gathered batch."""
+
+    def __init__(self, temperature: float = 0.1, graph_backend: GraphBackend = "auto") -> None:
+        super().__init__()
+        self.temperature, self.graph_backend = temperature, graph_backend
+
+    def forward(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """v1, v2: B×D local phi-projections → (scalar loss, weak labels of view 1 and of view 2, LongTensor[W·B])."""
+        v1_all, v2_all = gather_with_grad(v1), gather_with_grad(v2)
+        labels1 = weak_labels(v1_all.detach(), self.graph_backend)
+        labels2 = weak_labels(v2_all.detach(), self.graph_backend)
+        loss = weak_label_loss(v1, v2, self.temperature, v1_all=v1_all, v2_all=v2_all,
+                               offset=rank_offset(v1.shape[0]), labels1=labels1, labels2=labels2)
+        return loss, labels1, labels2

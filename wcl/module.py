@@ -1,0 +1,234 @@
+"""``WCL``: the LightningModule that composes backbone, heads, losses, optimizer and online evaluation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from wcl.distributed import gather_nograd, is_distributed
+from wcl.errors import ConfigError, NonFiniteLossError
+from wcl.eval.knn import knn_predict
+from wcl.graph import GraphBackend, weak_label_stats
+from wcl.losses import NTXentLoss, WeakLabelLoss
+from wcl.models import ProjectionHead, build_resnet
+from wcl.models.backbones import ResNetName
+from wcl.optim import LRScaling, OptimizerName, build_optimizer, param_groups, scaled_lr, warmup_cosine
+
+
+class WCL(LightningModule):
+    """Weakly Supervised Contrastive Learning (Zheng et al., ICCV 2021).
+
+    ``loss = NT-Xent(g(h1), g(h2)) + weak_weight · swapped weak-label loss(phi(h1), phi(h2))`` over the global
+    batch, with ``h = backbone(x)``. ``weak_weight: 0`` is SimCLR from the same code.
+
+    Args:
+        backbone: ResNet depth. width: base width (64 standard, 16 for CPU runs). cifar_stem: 3×3 stride-1
+            first convolution and no max-pool, for 32-px images.
+        proj_hidden_dim, proj_out_dim, proj_layers: the NT-Xent head ``g``.
+        weak_hidden_dim, weak_out_dim, weak_layers: the weak-label head ``phi``.
+        temperature: τ of NT-Xent. weak_temperature: τ of the weak-label loss.
+        weak_weight: weight of the weak-label term. weak_warmup_epochs: ramp that weight linearly from 0 over
+            this many epochs (0 = full weight from the start).
+        graph_backend: where connected components are found: ``scipy``, ``torch`` or ``auto`` (torch on
+            accelerators, scipy on CPU).
+        optimizer: ``lars``, ``sgd`` or ``adamw``. base_lr, lr_scaling: lr = base_lr·B/256 (``linear``),
+            base_lr·√B (``sqrt``) or base_lr (``none``), B = global batch. momentum, weight_decay: as usual
+            (biases and normalisation parameters get no decay and no LARS adaptation).
+        warmup_epochs: linear warm-up, then cosine decay (per step) to ``min_lr_factor``·lr.
+        num_classes: classes of the online linear classifier (linked from the data module by the CLI);
+            None disables online evaluation that needs labels.
+        online_lr: lr of the online linear classifier (trained on detached features, never touches the
+            backbone).
+        knn_k, knn_temperature, knn_every_n_epochs: online weighted kNN on backbone features
+            (0 disables it); it also runs at the last epoch.
+        channels_last: run the backbone in channels-last memory format.
+        check_finite: stop with a clear error when a loss term is NaN/inf.
+    """
+
+    def __init__(
+        self,
+        backbone: ResNetName = "resnet50",
+        width: int = 64,
+        cifar_stem: bool = False,
+        proj_hidden_dim: int = 2048,
+        proj_out_dim: int = 128,
+        proj_layers: int = 2,
+        weak_hidden_dim: int = 2048,
+        weak_out_dim: int = 128,
+        weak_layers: int = 2,
+        temperature: float = 0.1,
+        weak_temperature: float = 0.1,
+        weak_weight: float = 1.0,
+        weak_warmup_epochs: float = 0.0,
+        graph_backend: GraphBackend = "auto",
+        optimizer: OptimizerName = "lars",
+        base_lr: float = 0.075,
+        lr_scaling: LRScaling = "sqrt",
+        momentum: float = 0.9,
+        weight_decay: float = 1e-6,
+        warmup_epochs: float = 10.0,
+        min_lr_factor: float = 0.0,
+        num_classes: int | None = None,
+        online_lr: float = 0.1,
+        knn_k: int = 200,
+        knn_temperature: float = 0.1,
+        knn_every_n_epochs: int = 1,
+        channels_last: bool = True,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        if weak_weight < 0:
+            raise ConfigError(f"model.weak_weight must be >= 0, got {weak_weight}")
+        self.save_hyperparameters()
+        self.backbone = build_resnet(backbone, width, cifar_stem)
+        feat_dim = self.backbone.out_dim
+        self.g = ProjectionHead(feat_dim, proj_hidden_dim, proj_out_dim, proj_layers)
+        self.phi = ProjectionHead(feat_dim, weak_hidden_dim, weak_out_dim, weak_layers)
+        self.nce_loss = NTXentLoss(temperature)
+        self.weak_loss = WeakLabelLoss(weak_temperature, graph_backend)
+        self.classifier = nn.Linear(feat_dim, num_classes) if num_classes else None
+        self.online_top1 = MulticlassAccuracy(num_classes, average="micro") if num_classes else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self._eval_store: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {0: [], 1: []}
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        """Backbone features: B×3×H×W → B×D."""
+        return self.backbone(x.contiguous(memory_format=self.memory_format))
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch on this rank (the schedules and warm-ups are given in epochs)."""
+        if self.trainer.train_dataloader is None:
+            self.trainer.fit_loop.setup_data()
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise ConfigError("the training loader has no length, so epoch-based schedules are undefined; "
+                              "use a map-style dataset.")
+        return max(1, int(batches) // self.trainer.accumulate_grad_batches)
+
+    def current_weak_weight(self) -> float:
+        """``weak_weight`` after the linear warm-up of ``weak_warmup_epochs``."""
+        w, ramp = self.hparams.weak_weight, self.hparams.weak_warmup_epochs
+        if ramp <= 0 or self._trainer is None:
+            return w
+        return w * min(1.0, self.global_step / self.steps_per_epoch() / ramp)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        x1, x2 = batch["views"][:2]
+        bsz = x1.shape[0]
+        h1, h2 = self(x1), self(x2)
+        loss_nce = self.nce_loss(self.g(h1), self.g(h2))
+        loss_weak, labels1, labels2 = self.weak_loss(self.phi(h1), self.phi(h2))
+        weak_w = self.current_weak_weight()
+        loss = loss_nce + weak_w * loss_weak
+        logs = {"train/loss_nce": loss_nce, "train/loss_weak": loss_weak}
+
+        true = batch.get("label")
+        if self.classifier is not None and true is not None:
+            known = true >= 0
+            if bool(known.any()):
+                online = F.cross_entropy(self.classifier(h1.detach()[known]), true[known])
+                loss = loss + online
+                logs["train/online_linear_loss"] = online
+        self._check_finite(logs)
+
+        true_all = gather_nograd(true) if true is not None else None
+        for name, value in weak_label_stats(labels2, true_all).items():
+            logs[f"weak_labels/{name}"] = value
+        logs["train/loss"] = loss_nce + weak_w * loss_weak
+        logs["train/weak_weight"] = torch.tensor(float(weak_w))
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=bsz, prog_bar=False)
+        self.log("loss", logs["train/loss"], prog_bar=True, logger=False, batch_size=bsz)
+        return loss
+
+    def _check_finite(self, terms: dict[str, Tensor]) -> None:
+        if not self.hparams.check_finite:
+            return
+        finite = torch.stack([torch.isfinite(v).all() for v in terms.values()]).to(torch.int32)
+        if is_distributed():
+            # Every rank must stop together, or the others would wait forever in the next collective.
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not bool(finite.all()):
+            bad = [name for name, ok in zip(terms, finite.tolist(), strict=True) if not ok]
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}) in {', '.join(bad)} "
+                f"(values: {values}). Lower model.base_lr, use a longer model.warmup_epochs, or check the input "
+                "data; the last checkpoint is intact."
+            )
+
+    # ---------------------------------------------------------------- online evaluation
+    def _knn_epoch(self) -> bool:
+        n = self.hparams.knn_every_n_epochs
+        if n <= 0 or self.hparams.num_classes is None or self.trainer.sanity_checking:
+            return False
+        last = self.trainer.max_epochs is not None and self.current_epoch + 1 == self.trainer.max_epochs
+        return (self.current_epoch + 1) % n == 0 or last
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Loader 0 = kNN bank (train split), loader 1 = val split (see ``WCLDataModule``)."""
+        knn = self._knn_epoch()
+        if dataloader_idx == 0 and not knn:
+            return
+        feats = self(batch["image"])
+        if dataloader_idx == 1 and self.classifier is not None:
+            self.online_top1.update(self.classifier(feats), batch["label"])
+            self.log("val/online_linear_top1", self.online_top1, on_epoch=True, add_dataloader_idx=False,
+                     batch_size=feats.shape[0])
+        if knn:
+            self._eval_store[dataloader_idx].append((batch["index"], feats.float(), batch["label"]))
+
+    def _gathered(self, split: int) -> tuple[Tensor, Tensor]:
+        """Features and labels of a whole split, gathered over ranks, one row per dataset index."""
+        idx, feats, labels = (torch.cat(t) for t in zip(*self._eval_store[split], strict=True))
+        idx, feats, labels = gather_nograd(idx), gather_nograd(feats), gather_nograd(labels)
+        n = int(idx.max()) + 1
+        # Distributed samplers pad with repeated samples; writing by index removes the duplicates.
+        out_f = feats.new_zeros(n, feats.shape[1])
+        out_y = labels.new_full((n,), -1)
+        out_f[idx], out_y[idx] = feats, labels
+        seen = torch.zeros(n, dtype=torch.bool, device=idx.device)
+        seen[idx] = True
+        return out_f[seen], out_y[seen]
+
+    def on_validation_epoch_end(self) -> None:
+        if self._knn_epoch() and self._eval_store[0] and self._eval_store[1]:
+            bank, bank_y = self._gathered(0)
+            val, val_y = self._gathered(1)
+            keep = bank_y >= 0
+            scores = knn_predict(val, bank[keep], bank_y[keep], self.hparams.num_classes,
+                                 self.hparams.knn_k, self.hparams.knn_temperature)
+            top1 = (scores.argmax(1) == val_y).float().mean()
+            self.log("val/knn_top1", top1, add_dataloader_idx=False, rank_zero_only=False)
+        self._eval_store = {0: [], 1: []}
+
+    # ---------------------------------------------------------------- optimisation
+    def global_batch_size(self) -> int:
+        dm = getattr(self.trainer, "datamodule", None)
+        per_device = getattr(dm, "batch_size", None)
+        if per_device is None:
+            raise ConfigError("WCL needs a data module with a batch_size attribute to scale the learning rate.")
+        return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        lr = scaled_lr(hp.base_lr, self.global_batch_size(), hp.lr_scaling)
+        groups = param_groups({"backbone": self.backbone, "g": self.g, "phi": self.phi}, hp.weight_decay)
+        if self.classifier is not None:
+            groups.append({"params": list(self.classifier.parameters()), "weight_decay": 0.0,
+                           "lars_exclude": True, "lr": hp.online_lr})
+        opt = build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(hp.warmup_epochs * self.steps_per_epoch())
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, warmup, total, hp.min_lr_factor))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
