@@ -88,3 +88,56 @@ def test_gradients_flow_to_both_views():
 def test_invalid_temperature():
     with pytest.raises(ValueError, match="temperature"):
         nt_xent_loss(torch.randn(4, 3), torch.randn(4, 3), temperature=0.0)
+
+
+def test_small_crops_hand_computed():
+    """Crops are extra anchors: positives = both views of their owner, candidates = the 2B views only."""
+    g = torch.Generator().manual_seed(3)
+    b, tau = 3, 0.5
+    z1, z2 = torch.randn(b, 4, generator=g, dtype=torch.float64), torch.randn(b, 4, generator=g, dtype=torch.float64)
+    small = torch.randn(2 * b, 4, generator=g, dtype=torch.float64)
+    owner = torch.arange(b).repeat(2)
+    views = F.normalize(torch.cat([z1, z2]), dim=1)
+    crops = F.normalize(small, dim=1)
+    terms = []
+    for i in range(2 * b):  # view anchors: as plain NT-Xent
+        logits = [float(views[i] @ views[k]) / tau for k in range(2 * b) if k != i]
+        pos = float(views[i] @ views[(i + b) % (2 * b)]) / tau
+        terms.append(-(pos - math.log(sum(math.exp(x) for x in logits))))
+    for s in range(2 * b):  # crop anchors: all 2B views in the denominator, 2 positives
+        logits = [float(crops[s] @ views[k]) / tau for k in range(2 * b)]
+        lse = math.log(sum(math.exp(x) for x in logits))
+        o = int(owner[s])
+        terms.append(-0.5 * ((logits[o] - lse) + (logits[o + b] - lse)))
+    ref = sum(terms) / len(terms)
+    got = nt_xent_loss(z1, z2, tau, small=small, small_owner=owner)
+    assert got.item() == pytest.approx(ref, rel=1e-10)
+    assert got.item() != pytest.approx(nt_xent_loss(z1, z2, tau).item(), rel=1e-3)
+
+
+def test_weak_label_loss_with_small_crops_hand_computed():
+    g = torch.Generator().manual_seed(4)
+    b, tau = 6, 0.3
+    v1, v2 = torch.randn(b, 3, generator=g, dtype=torch.float64), torch.randn(b, 3, generator=g, dtype=torch.float64)
+    small = torch.randn(b, 3, generator=g, dtype=torch.float64)
+    owner = torch.arange(b)
+    y1, y2 = weak_labels(v1).tolist(), weak_labels(v2).tolist()
+
+    def direction(v, labels):
+        x, c = F.normalize(v, dim=1), F.normalize(small, dim=1)
+        terms = []
+        for i in range(b):  # view anchors exclude themselves
+            logits = {k: float(x[i] @ x[k]) / tau for k in range(b) if k != i}
+            lse = math.log(sum(math.exp(t) for t in logits.values()))
+            pos = [k for k in logits if labels[k] == labels[i]]
+            terms.append(-sum(logits[k] - lse for k in pos) / len(pos))
+        for s in range(b):  # crop anchors: every view candidate, owner's component (owner included)
+            logits = [float(c[s] @ x[k]) / tau for k in range(b)]
+            lse = math.log(sum(math.exp(t) for t in logits))
+            pos = [k for k in range(b) if labels[k] == labels[int(owner[s])]]
+            terms.append(-sum(logits[k] - lse for k in pos) / len(pos))
+        return sum(terms) / len(terms)
+
+    ref = 0.5 * (direction(v1, y2) + direction(v2, y1))
+    got = weak_label_loss(v1, v2, tau, small=small, small_owner=owner)
+    assert got.item() == pytest.approx(ref, rel=1e-10)

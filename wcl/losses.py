@@ -75,15 +75,23 @@ def nt_xent_loss(
     z1_all: Tensor | None = None,
     z2_all: Tensor | None = None,
     offset: int = 0,
+    small: Tensor | None = None,
+    small_owner: Tensor | None = None,
 ) -> Tensor:
     """SimCLR NT-Xent over B pairs: 2B anchors; the positive of each is the other view of the same sample,
     the negatives are the other 2B-2 embeddings. Mean over anchors.
+
+    With low-resolution crops, each crop is one more anchor whose positives are both views of its owner
+    sample, scored against all 2B views (crops are anchors only, never candidates); the mean then runs over
+    all 2B + S anchors.
 
     Args:
         z1, z2: B×D projections of the two views (normalized inside).
         temperature: τ.
         z1_all, z2_all: (W·B)×D gathered global batch (default: ``z1``/``z2``, one process).
         offset: row of this rank's first sample in the global batch.
+        small: S×D projections of this rank's low-resolution crops.
+        small_owner: LongTensor[S], local row (0..B-1) of each crop's sample.
     """
     z1_all = z1 if z1_all is None else z1_all
     z2_all = z2 if z2_all is None else z2_all
@@ -91,18 +99,24 @@ def nt_xent_loss(
     dev = z1.device
     local = torch.arange(offset, offset + b, device=dev)
     global_ids = torch.arange(n, device=dev)
+    anchors, groups, positions = [z1, z2], [local, local], [local, local + n]
+    if small is not None and small.shape[0] > 0:
+        anchors.append(small)
+        groups.append(small_owner + offset)
+        positions.append(torch.full_like(small_owner, -1))
     return contrastive_loss(
-        anchors=torch.cat([z1, z2]),
+        anchors=torch.cat(anchors),
         candidates=torch.cat([z1_all, z2_all]),
-        anchor_groups=torch.cat([local, local]),
+        anchor_groups=torch.cat(groups),
         candidate_groups=torch.cat([global_ids, global_ids]),
-        anchor_positions=torch.cat([local, local + n]),
+        anchor_positions=torch.cat(positions),
         temperature=temperature,
     )
 
 
 def same_view_supcon_loss(v: Tensor, labels: Tensor, temperature: float = 0.1, *,
-                          v_all: Tensor | None = None, offset: int = 0) -> Tensor:
+                          v_all: Tensor | None = None, offset: int = 0,
+                          small: Tensor | None = None, small_owner: Tensor | None = None) -> Tensor:
     """Supervised-contrastive loss over the same-view similarities of one view.
 
     Args:
@@ -110,10 +124,18 @@ def same_view_supcon_loss(v: Tensor, labels: Tensor, temperature: float = 0.1, *
         labels: LongTensor[W·B], the group of every sample of the global batch.
         v_all: (W·B)×D gathered embeddings (default ``v``).
         offset: row of this rank's first sample in the global batch.
+        small: S×D extra anchors (low-resolution crops) that carry their owner's group; since a crop is not
+            among the candidates, its owner's own embedding is one of its positives.
+        small_owner: LongTensor[S], local row of each crop's sample.
     """
     v_all = v if v_all is None else v_all
     local = torch.arange(offset, offset + v.shape[0], device=v.device)
-    return contrastive_loss(v, v_all, labels[local], labels, local, temperature)
+    anchors, positions = v, local
+    if small is not None and small.shape[0] > 0:
+        anchors = torch.cat([v, small])
+        local = torch.cat([local, small_owner + offset])
+        positions = torch.cat([positions, torch.full_like(small_owner, -1)])
+    return contrastive_loss(anchors, v_all, labels[local], labels, positions, temperature)
 
 
 def weak_label_loss(
@@ -126,6 +148,8 @@ def weak_label_loss(
     offset: int = 0,
     labels1: Tensor | None = None,
     labels2: Tensor | None = None,
+    small: Tensor | None = None,
+    small_owner: Tensor | None = None,
 ) -> Tensor:
     """The swapped weak-label loss of WCL.
 
@@ -138,13 +162,18 @@ def weak_label_loss(
         v1_all, v2_all: (W·B)×D gathered global batch (default: the local tensors).
         offset: row of this rank's first sample in the global batch.
         labels1, labels2: precomputed weak labels of the global batch (LongTensor[W·B]); computed if None.
+        small, small_owner: S×D phi-projections of low-resolution crops and the local row of each crop's
+            sample. A crop joins both directions as an extra anchor with its owner's component (under view-2
+            labels against view-1 candidates, and under view-1 labels against view-2 candidates); the graph
+            itself is built from the two high-resolution views only.
     """
     v1_all = v1 if v1_all is None else v1_all
     v2_all = v2 if v2_all is None else v2_all
     labels1 = weak_labels(v1_all.detach()) if labels1 is None else labels1
     labels2 = weak_labels(v2_all.detach()) if labels2 is None else labels2
-    loss_1 = same_view_supcon_loss(v1, labels2, temperature, v_all=v1_all, offset=offset)
-    loss_2 = same_view_supcon_loss(v2, labels1, temperature, v_all=v2_all, offset=offset)
+    crops = {"small": small, "small_owner": small_owner}
+    loss_1 = same_view_supcon_loss(v1, labels2, temperature, v_all=v1_all, offset=offset, **crops)
+    loss_2 = same_view_supcon_loss(v2, labels1, temperature, v_all=v2_all, offset=offset, **crops)
     return 0.5 * (loss_1 + loss_2)
 
 
@@ -155,10 +184,12 @@ class NTXentLoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        """z1, z2: B×D local projections → scalar loss (DDP's gradient averaging makes it the global mean)."""
+    def forward(self, z1: Tensor, z2: Tensor, small: Tensor | None = None,
+                small_owner: Tensor | None = None) -> Tensor:
+        """z1, z2: B×D local projections (small: S×D crops, small_owner: LongTensor[S] local rows) → scalar
+        loss (DDP's gradient averaging makes it the global mean)."""
         return nt_xent_loss(z1, z2, self.temperature, z1_all=gather_with_grad(z1), z2_all=gather_with_grad(z2),
-                            offset=rank_offset(z1.shape[0]))
+                            offset=rank_offset(z1.shape[0]), small=small, small_owner=small_owner)
 
 
 class WeakLabelLoss(nn.Module):
@@ -168,11 +199,14 @@ class WeakLabelLoss(nn.Module):
         super().__init__()
         self.temperature, self.graph_backend = temperature, graph_backend
 
-    def forward(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """v1, v2: B×D local phi-projections → (scalar loss, weak labels of view 1 and of view 2, LongTensor[W·B])."""
+    def forward(self, v1: Tensor, v2: Tensor, small: Tensor | None = None,
+                small_owner: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """v1, v2: B×D local phi-projections (small/small_owner: crops, as in ``weak_label_loss``) →
+        (scalar loss, weak labels of view 1 and of view 2, LongTensor[W·B])."""
         v1_all, v2_all = gather_with_grad(v1), gather_with_grad(v2)
         labels1 = weak_labels(v1_all.detach(), self.graph_backend)
         labels2 = weak_labels(v2_all.detach(), self.graph_backend)
         loss = weak_label_loss(v1, v2, self.temperature, v1_all=v1_all, v2_all=v2_all,
-                               offset=rank_offset(v1.shape[0]), labels1=labels1, labels2=labels2)
+                               offset=rank_offset(v1.shape[0]), labels1=labels1, labels2=labels2,
+                               small=small, small_owner=small_owner)
         return loss, labels1, labels2

@@ -18,6 +18,7 @@ from wcl.graph import GraphBackend, weak_label_stats
 from wcl.losses import NTXentLoss, WeakLabelLoss
 from wcl.models import ProjectionHead, build_resnet
 from wcl.models.backbones import ResNetName
+from wcl.multicrop import FeatureBank, KnnBackend, NeighborTable, neighbor_purity
 from wcl.optim import LRScaling, OptimizerName, build_optimizer, param_groups, scaled_lr, warmup_cosine
 
 
@@ -47,6 +48,10 @@ class WCL(LightningModule):
             backbone).
         knn_k, knn_temperature, knn_every_n_epochs: online weighted kNN on backbone features
             (0 disables it); it also runs at the last epoch.
+        neighbor_backend, neighbor_nprobe: how the KNN multi-crop's neighbour table is searched at each epoch
+            end (``faiss`` exact, ``faiss_ivf`` approximate with ``nprobe`` lists, ``torch`` chunked matmul on
+            the training device); used only when the data module has ``num_small_crops > 0`` with
+            ``small_crop_source: neighbors``.
         channels_last: run the backbone in channels-last memory format.
         check_finite: stop with a clear error when a loss term is NaN/inf.
     """
@@ -79,6 +84,8 @@ class WCL(LightningModule):
         knn_k: int = 200,
         knn_temperature: float = 0.1,
         knn_every_n_epochs: int = 1,
+        neighbor_backend: KnnBackend = "faiss",
+        neighbor_nprobe: int = 16,
         channels_last: bool = True,
         check_finite: bool = True,
     ) -> None:
@@ -98,6 +105,8 @@ class WCL(LightningModule):
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self._eval_store: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {0: [], 1: []}
+        self._table: NeighborTable | None = None  # the data module's shared neighbour table, if any
+        self._bank: FeatureBank | None = None  # primary features of the epoch (rank 0 only)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -122,12 +131,30 @@ class WCL(LightningModule):
         return w * min(1.0, self.global_step / self.steps_per_epoch() / ramp)
 
     # ---------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        self._table = getattr(dm, "neighbor_table", None)
+        if self._table is not None:
+            self._train_labels = dm.train_labels()
+            if self.trainer.is_global_zero:
+                self._bank = FeatureBank(len(self._table.table), self.backbone.out_dim)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         x1, x2 = batch["views"][:2]
         bsz = x1.shape[0]
         h1, h2 = self(x1), self(x2)
-        loss_nce = self.nce_loss(self.g(h1), self.g(h2))
-        loss_weak, labels1, labels2 = self.weak_loss(self.phi(h1), self.phi(h2))
+        small = batch.get("small") or []
+        zs = vs = owner = None
+        if small:
+            hs = self(torch.cat(small))
+            zs, vs = self.g(hs), self.phi(hs)
+            owner = torch.arange(bsz, device=hs.device).repeat(len(small))
+        loss_nce = self.nce_loss(self.g(h1), self.g(h2), zs, owner)
+        loss_weak, labels1, labels2 = self.weak_loss(self.phi(h1), self.phi(h2), vs, owner)
+        if self._table is not None:
+            feats, index = gather_nograd(h1.detach()), gather_nograd(batch["index"])
+            if self._bank is not None:
+                self._bank.write(index, feats)
         weak_w = self.current_weak_weight()
         loss = loss_nce + weak_w * loss_weak
         logs = {"train/loss_nce": loss_nce, "train/loss_weak": loss_weak}
@@ -149,6 +176,22 @@ class WCL(LightningModule):
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=bsz, prog_bar=False)
         self.log("loss", logs["train/loss"], prog_bar=True, logger=False, batch_size=bsz)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._table is None:
+            return
+        hp = self.hparams
+        result = None
+        if self._bank is not None:
+            device = self.device if hp.neighbor_backend == "torch" else "cpu"
+            result = self._bank.neighbors(self._table.k, hp.neighbor_backend, hp.neighbor_nprobe, device)
+        # Rank 0 searches; every rank gets the same table for its own data workers.
+        table, seconds = self.trainer.strategy.broadcast(result, src=0)
+        self._table.update(table, self.current_epoch)
+        self.log("multicrop/knn_seconds", seconds, rank_zero_only=True)
+        purity = neighbor_purity(table, self._train_labels)
+        if purity is not None:
+            self.log("multicrop/neighbor_purity", purity, rank_zero_only=True)
 
     def _check_finite(self, terms: dict[str, Tensor]) -> None:
         if not self.hparams.check_finite:

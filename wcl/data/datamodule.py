@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
@@ -10,12 +12,15 @@ from wcl.data.datasets import (
     DatasetName,
     DatasetSplits,
     EvalDataset,
+    SmallCrops,
     ViewsDataset,
     build_splits,
     first_per_class,
+    targets_of,
 )
 from wcl.data.transforms import Augmentations, MultiView, eval_transform, view_transform
 from wcl.errors import ConfigError
+from wcl.multicrop import NeighborTable
 
 
 class WCLDataModule(LightningDataModule):
@@ -39,6 +44,12 @@ class WCLDataModule(LightningDataModule):
         eval_resize: short side before the centre crop in evaluation (default: the crop size).
         train_per_class: keep only the first N images of each class for pretraining and the bank.
         val_per_class: keep only the first N images of each class for validation.
+        num_small_crops: low-resolution crops per sample (0 = two views only).
+        small_crop_size, small_crop_scale: their size in pixels and random-resized-crop scale range.
+        small_crop_source: ``neighbors`` (WCL: cut from the sample's K nearest neighbours of the previous
+            epoch) or ``self`` (cut from the sample itself, as in SwAV multi-crop).
+        neighbors_k: K of the neighbour table.
+        first_epoch: crops before any table exists: ``self`` (from the sample itself) or ``none``.
     """
 
     def __init__(
@@ -55,6 +66,12 @@ class WCLDataModule(LightningDataModule):
         eval_resize: int | None = None,
         train_per_class: int | None = None,
         val_per_class: int | None = None,
+        num_small_crops: int = 0,
+        small_crop_size: int = 16,
+        small_crop_scale: tuple[float, float] = (0.14, 1.0),
+        small_crop_source: Literal["self", "neighbors"] = "neighbors",
+        neighbors_k: int = 5,
+        first_epoch: Literal["self", "none"] = "self",
     ) -> None:
         super().__init__()
         if batch_size < 2:
@@ -75,6 +92,16 @@ class WCLDataModule(LightningDataModule):
         # num_classes to the model through the CLI's argument link.
         self.splits: DatasetSplits = self._resolve()
         self.num_classes = self.splits.num_classes
+        self.num_small_crops, self.small_crop_size = num_small_crops, small_crop_size
+        self.small_crop_scale, self.small_crop_source = small_crop_scale, small_crop_source
+        self.first_epoch = first_epoch
+        n = len(self.splits.pretrain)  # type: ignore[arg-type]
+        self.neighbor_table: NeighborTable | None = None
+        if num_small_crops > 0 and small_crop_source == "neighbors":
+            if not 0 < neighbors_k < n:
+                raise ConfigError(f"data.neighbors_k={neighbors_k} must be between 1 and the dataset size - 1 "
+                                  f"({n - 1}); lower it.")
+            self.neighbor_table = NeighborTable(n, neighbors_k)
 
     def _resolve(self) -> DatasetSplits:
         splits = build_splits(self.dataset, self.root, self.download)
@@ -85,8 +112,26 @@ class WCLDataModule(LightningDataModule):
             splits.val = first_per_class(splits.val, self.val_per_class)
         return splits
 
+    def train_labels(self) -> torch.Tensor:
+        """True label of every pretraining sample (-1 where unknown), for diagnostics."""
+        return torch.tensor(targets_of(self.splits.pretrain), dtype=torch.long)
+
     def train_dataset(self) -> Dataset:
-        return ViewsDataset(self.splits.pretrain, MultiView(view_transform(self.augment), 2))
+        small = None
+        if self.num_small_crops > 0:
+            small = SmallCrops(
+                transform=view_transform(self.augment, self.small_crop_size, self.small_crop_scale),
+                num=self.num_small_crops, source=self.small_crop_source, first_epoch=self.first_epoch,
+                table=self.neighbor_table)
+        return ViewsDataset(self.splits.pretrain, MultiView(view_transform(self.augment), 2), small)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the neighbour table of the KNN multi-crop."""
+        return {"neighbor_table": self.neighbor_table.state_dict()} if self.neighbor_table is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.neighbor_table is not None and "neighbor_table" in state:
+            self.neighbor_table.load_state_dict(state["neighbor_table"])
 
     def eval_dataset(self, split: str) -> Dataset:
         base = self.splits.bank if split == "bank" else self.splits.val

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 
 from wcl.errors import DataError
+from wcl.multicrop import NeighborTable
 
 DatasetName = Literal["bundled", "cifar10", "cifar100", "stl10", "imagefolder"]
 
@@ -162,18 +163,55 @@ def load_sample(ds: Dataset, i: int) -> tuple[Image.Image, int]:
         raise DataError(f"cannot decode image {_source_of(ds, i)}: {err}. Remove or replace the file.") from err
 
 
-class ViewsDataset(Dataset):
-    """Training samples: ``{"views": [C×H×W, …], "index": int, "label": int}``."""
+@dataclass
+class SmallCrops:
+    """Low-resolution crops of a training sample.
 
-    def __init__(self, base: Dataset, transform: Callable[[Image.Image], list[torch.Tensor]]) -> None:
-        self.base, self.transform = base, transform
+    ``source``: ``self`` cuts them from the sample's own image; ``neighbors`` from an image drawn uniformly
+    (fresh per crop and epoch) from the sample's K neighbours in ``table``. Until the table has been computed
+    (first epoch), ``first_epoch`` says whether to cut them from the sample itself (``self``) or skip them
+    (``none``).
+    """
+
+    transform: Callable[[Image.Image], torch.Tensor]
+    num: int
+    source: Literal["self", "neighbors"] = "neighbors"
+    first_epoch: Literal["self", "none"] = "self"
+    table: NeighborTable | None = None
+
+    def sources(self, i: int) -> list[int]:
+        """Dataset indices the crops of sample ``i`` are cut from, this epoch."""
+        if self.source == "self":
+            return [i] * self.num
+        if self.table is None or self.table.epoch < 0:
+            return [i] * self.num if self.first_epoch == "self" else []
+        picks = torch.randint(self.table.k, (self.num,))
+        return self.table.table[i, picks].tolist()
+
+
+class ViewsDataset(Dataset):
+    """Training samples: ``{"views": [C×H×W, …], "index": int, "label": int}``, plus with low-res crops
+    ``"small": [C×h×w, …]``, ``"small_source": LongTensor[m]`` (the images they were cut from) and
+    ``"table_epoch"`` (the epoch whose neighbour table was used, -1 for none)."""
+
+    def __init__(self, base: Dataset, transform: Callable[[Image.Image], list[torch.Tensor]],
+                 small: SmallCrops | None = None) -> None:
+        self.base, self.transform, self.small = base, transform, small
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         img, y = load_sample(self.base, i)
-        return {"views": self.transform(img), "index": i, "label": int(y)}
+        sample = {"views": self.transform(img), "index": i, "label": int(y)}
+        if self.small is not None and self.small.num > 0:
+            table_epoch = self.small.table.epoch if self.small.table is not None else -1
+            sources = self.small.sources(i)
+            sample["small"] = [self.small.transform(img if j == i else load_sample(self.base, j)[0])
+                               for j in sources]
+            sample["small_source"] = torch.tensor(sources, dtype=torch.long)
+            sample["table_epoch"] = table_epoch
+        return sample
 
 
 class EvalDataset(Dataset):
