@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from wcl.distributed import destroy_process_group, gather_with_grad
 from wcl.losses import NTXentLoss, WeakLabelLoss
 
-WORLD, B, DIM = 2, 6, 10
+WORLD, B, DIM, CROPS = 2, 6, 10, 2
 
 
 def _free_port() -> int:
@@ -33,33 +33,39 @@ class _Net(nn.Module):
         self.body = nn.Sequential(nn.Linear(DIM, 16), nn.Tanh())
         self.g, self.phi = nn.Linear(16, 8), nn.Linear(16, 8)
 
-    def forward(self, x1, x2):
-        h1, h2 = self.body(x1), self.body(x2)
-        return self.g(h1), self.g(h2), self.phi(h1), self.phi(h2)
+    def forward(self, x1, x2, xs):
+        h1, h2, hs = self.body(x1), self.body(x2), self.body(xs)
+        return self.g(h1), self.g(h2), self.phi(h1), self.phi(h2), self.g(hs), self.phi(hs)
 
 
 def _data():
     g = torch.Generator().manual_seed(1)
     x1 = torch.randn(WORLD * B, DIM, generator=g, dtype=torch.float64)
     # View 2 is a perturbation of view 1, so the two views' weak-label partitions differ a little.
-    return x1, x1 + 0.3 * torch.randn(WORLD * B, DIM, generator=g, dtype=torch.float64)
+    x2 = x1 + 0.3 * torch.randn(WORLD * B, DIM, generator=g, dtype=torch.float64)
+    small = x1[:, None] + 0.5 * torch.randn(WORLD * B, CROPS, DIM, generator=g, dtype=torch.float64)
+    return x1, x2, small  # small: sample × crop × DIM
 
 
-def _loss(net, x1, x2, weak_weight):
-    z1, z2, v1, v2 = net(x1, x2)
-    nce = NTXentLoss(0.2)(z1, z2)
-    weak, l1, l2 = WeakLabelLoss(0.2, "scipy")(v1, v2)
+def _loss(net, x1, x2, small, weak_weight, crops):
+    b = x1.shape[0]
+    xs = small.transpose(0, 1).reshape(-1, DIM)  # crop-major, as the module concatenates them
+    z1, z2, v1, v2, zs, vs = net(x1, x2, xs)
+    owner = torch.arange(b).repeat(CROPS) if crops else None
+    zs, vs = (zs, vs) if crops else (None, None)
+    nce = NTXentLoss(0.2)(z1, z2, zs, owner)
+    weak, l1, l2 = WeakLabelLoss(0.2, "scipy")(v1, v2, vs, owner)
     return nce + weak_weight * weak, nce, weak, l1, l2
 
 
-def _worker(rank: int, port: int, weak_weight: float, out: dict) -> None:
+def _worker(rank: int, port: int, weak_weight: float, crops: bool, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         net = DistributedDataParallel(_Net().double())
-        x1, x2 = _data()
+        x1, x2, small = _data()
         sl = slice(rank * B, (rank + 1) * B)
-        loss, nce, weak, l1, l2 = _loss(net, x1[sl], x2[sl], weak_weight)
+        loss, nce, weak, l1, l2 = _loss(net, x1[sl], x2[sl], small[sl], weak_weight, crops)
         loss.backward()
         out[rank] = {
             "loss": loss.item(), "nce": nce.item(), "weak": weak.item(), "labels": (l1.tolist(), l2.tolist()),
@@ -69,16 +75,16 @@ def _worker(rank: int, port: int, weak_weight: float, out: dict) -> None:
         destroy_process_group()
 
 
-@pytest.mark.parametrize("weak_weight", [0.0, 1.0])
-def test_two_ranks_equal_one_rank_with_global_batch(weak_weight):
+@pytest.mark.parametrize("weak_weight,crops", [(0.0, False), (1.0, False), (1.0, True)])
+def test_two_ranks_equal_one_rank_with_global_batch(weak_weight, crops):
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), weak_weight, out), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(_free_port(), weak_weight, crops, out), nprocs=WORLD, join=True)
         ranks = dict(out)
 
     net = _Net().double()
-    x1, x2 = _data()
-    loss, nce, weak, l1, l2 = _loss(net, x1, x2, weak_weight)
+    x1, x2, small = _data()
+    loss, nce, weak, l1, l2 = _loss(net, x1, x2, small, weak_weight, crops)
     loss.backward()
 
     # Each rank averages over its own anchors; the mean over ranks is the global-batch loss.
@@ -138,3 +144,28 @@ def test_cli_ddp_two_processes_exit_cleanly(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wcl: checkpoint:" in proc.stdout
     assert list(tmp_path.rglob("last.ckpt"))
+
+
+def test_cli_ddp_ranks_share_one_neighbour_table(tmp_path):
+    """KNN multi-crop under 2-process DDP: both ranks' data workers use the same, fresh neighbour table."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    dump = tmp_path / "tables"
+    proc = subprocess.run(
+        [sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml", "--config", "configs/multicrop.yaml",
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0", "--data.batch_size", "16",
+         "--data.train_per_class", "8", "--data.num_workers", "1", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+         "--trainer.callbacks+=tests.helpers.DumpNeighborTable", f"--trainer.callbacks.out_dir={dump}"],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t0, t1 = torch.load(dump / "rank0_epoch1.pt"), torch.load(dump / "rank1_epoch1.pt")
+    assert t0["epoch"] == t1["epoch"] == 0
+    assert torch.equal(t0["table"], t1["table"])
+    # 80 samples / (2 ranks × 16) = 2 batches per rank in epoch 1, each checked against that rank's table.
+    assert [int((dump / f"rank{r}_checked.txt").read_text()) for r in (0, 1)] == [2, 2]
