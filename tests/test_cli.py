@@ -8,7 +8,8 @@ import pytest
 from wcl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "data.yaml")
+OVERLAYS = {"multicrop.yaml"}  # partial configs, meant to follow a full one
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "data.yaml" and p.name not in OVERLAYS)
 
 
 def _tiny(tmp_path: Path, *extra: str) -> list[str]:
@@ -47,6 +48,14 @@ def test_fit_on_bundled_logs_metrics_and_writes_checkpoint(tmp_path, capsys):
     assert purity and all(0.0 <= p <= 1.0 for p in purity)
     knn = [float(r["val/knn_top1"]) for r in rows if r["val/knn_top1"]]
     assert len(knn) == 2 and all(0.0 <= k <= 1.0 for k in knn)
+
+
+def test_multicrop_overlay_composes(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
+              "--config", str(ROOT / "configs" / "multicrop.yaml"), "--print_config"])
+    out = capsys.readouterr().out
+    assert "num_small_crops: 2" in out and "dataset: bundled" in out
 
 
 def test_composed_configs_override(tmp_path, capsys):

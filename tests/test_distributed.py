@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from wcl.distributed import destroy_process_group, gather_with_grad
 from wcl.losses import NTXentLoss, WeakLabelLoss
 
+ROOT = Path(__file__).resolve().parents[1]
 WORLD, B, DIM, CROPS = 2, 6, 10, 2
 
 
@@ -127,20 +131,20 @@ def test_gather_with_grad_sums_gradients_of_every_rank():
         assert res[rank][1] == total[rank * 3 : (rank + 1) * 3].tolist()
 
 
-def test_cli_ddp_two_processes_exit_cleanly(tmp_path):
-    """The README's multi-process command on CPU (gloo): both ranks start, train, tear down and exit 0."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml", "--trainer.accelerator", "cpu",
-         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "3",
-         "--data.batch_size", "32", "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
+def _ddp_cli(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``python -m wcl fit`` on the quickstart config with 2 CPU processes (gloo)."""
+    return subprocess.run(
+        [sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml", *extra,
+         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+         "--data.batch_size", "16", "--trainer.enable_progress_bar", "false",
          "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)],
-        cwd=root, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
+
+
+def test_cli_ddp_two_processes_exit_cleanly(tmp_path):
+    """The README's multi-process command on CPU: both ranks start, train, tear down and exit 0."""
+    proc = _ddp_cli(tmp_path, "--trainer.max_steps", "3", "--data.num_workers", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wcl: checkpoint:" in proc.stdout
     assert list(tmp_path.rglob("last.ckpt"))
@@ -148,20 +152,11 @@ def test_cli_ddp_two_processes_exit_cleanly(tmp_path):
 
 def test_cli_ddp_ranks_share_one_neighbour_table(tmp_path):
     """KNN multi-crop under 2-process DDP: both ranks' data workers use the same, fresh neighbour table."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     dump = tmp_path / "tables"
-    proc = subprocess.run(
-        [sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml", "--config", "configs/multicrop.yaml",
-         "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-         "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0", "--data.batch_size", "16",
-         "--data.train_per_class", "8", "--data.num_workers", "1", "--trainer.enable_progress_bar", "false",
-         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-         "--trainer.callbacks+=tests.helpers.DumpNeighborTable", f"--trainer.callbacks.out_dir={dump}"],
-        cwd=root, capture_output=True, text=True, timeout=600,
+    proc = _ddp_cli(
+        tmp_path, "--config", "configs/multicrop.yaml", "--trainer.max_epochs", "2",
+        "--trainer.limit_val_batches", "0", "--data.train_per_class", "8", "--data.num_workers", "1",
+        "--trainer.callbacks+=tests.helpers.DumpNeighborTable", f"--trainer.callbacks.out_dir={dump}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     t0, t1 = torch.load(dump / "rank0_epoch1.pt"), torch.load(dump / "rank1_epoch1.pt")

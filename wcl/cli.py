@@ -33,7 +33,7 @@ class WCLCLI(LightningCLI):
         metrics = trainer.callback_metrics
         lines = [f"wcl: fit finished in {time.perf_counter() - self._fit_start:.1f} s "
                  f"({trainer.global_step} steps, {trainer.current_epoch} epochs)"]
-        for key in ("val/knn_top1", "val/online_linear_top1", "val/top1"):
+        for key in ("val/knn_top1", "val/online_linear_top1", "val/top1", "val/top5", "val/best_top1"):
             if key in metrics:
                 lines.append(f"wcl: final {key} = {float(metrics[key]):.4f}")
         ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from wcl.distributed import gather_nograd, is_distributed
 from wcl.errors import ConfigError, NonFiniteLossError
-from wcl.eval.knn import knn_predict
+from wcl.eval.knn import KNNAccumulator
 from wcl.graph import GraphBackend, weak_label_stats
 from wcl.losses import NTXentLoss, WeakLabelLoss
 from wcl.models import ProjectionHead, build_resnet
@@ -104,7 +104,7 @@ class WCL(LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
-        self._eval_store: dict[int, list[tuple[Tensor, Tensor, Tensor]]] = {0: [], 1: []}
+        self._knn = KNNAccumulator()
         self._table: NeighborTable | None = None  # the data module's shared neighbour table, if any
         self._bank: FeatureBank | None = None  # primary features of the epoch (rank 0 only)
 
@@ -228,31 +228,13 @@ class WCL(LightningModule):
             self.log("val/online_linear_top1", self.online_top1, on_epoch=True, add_dataloader_idx=False,
                      batch_size=feats.shape[0])
         if knn:
-            self._eval_store[dataloader_idx].append((batch["index"], feats.float(), batch["label"]))
-
-    def _gathered(self, split: int) -> tuple[Tensor, Tensor]:
-        """Features and labels of a whole split, gathered over ranks, one row per dataset index."""
-        idx, feats, labels = (torch.cat(t) for t in zip(*self._eval_store[split], strict=True))
-        idx, feats, labels = gather_nograd(idx), gather_nograd(feats), gather_nograd(labels)
-        n = int(idx.max()) + 1
-        # Distributed samplers pad with repeated samples; writing by index removes the duplicates.
-        out_f = feats.new_zeros(n, feats.shape[1])
-        out_y = labels.new_full((n,), -1)
-        out_f[idx], out_y[idx] = feats, labels
-        seen = torch.zeros(n, dtype=torch.bool, device=idx.device)
-        seen[idx] = True
-        return out_f[seen], out_y[seen]
+            self._knn.add("bank" if dataloader_idx == 0 else "query", batch["index"], feats, batch["label"])
 
     def on_validation_epoch_end(self) -> None:
-        if self._knn_epoch() and self._eval_store[0] and self._eval_store[1]:
-            bank, bank_y = self._gathered(0)
-            val, val_y = self._gathered(1)
-            keep = bank_y >= 0
-            scores = knn_predict(val, bank[keep], bank_y[keep], self.hparams.num_classes,
-                                 self.hparams.knn_k, self.hparams.knn_temperature)
-            top1 = (scores.argmax(1) == val_y).float().mean()
-            self.log("val/knn_top1", top1, add_dataloader_idx=False, rank_zero_only=False)
-        self._eval_store = {0: [], 1: []}
+        if self._knn_epoch() and self._knn.ready():
+            acc = self._knn.accuracy(self.hparams.num_classes, self.hparams.knn_k, self.hparams.knn_temperature)
+            self.log("val/knn_top1", acc["top1"], add_dataloader_idx=False)
+        self._knn.reset()
 
     # ---------------------------------------------------------------- optimisation
     def global_batch_size(self) -> int:

@@ -87,26 +87,35 @@ def _knn_faiss(x: np.ndarray, k: int, approximate: bool, nprobe: int) -> np.ndar
 
 
 @torch.no_grad()
-def _knn_torch(x: Tensor, k: int, device: torch.device, chunk: int) -> Tensor:
-    """Exact cosine top-(k+1) by chunked matmul; ``x`` may stay float16 on the host (chunks are converted)."""
+def _knn_torch(x: Tensor, k: int, device: torch.device, chunk: int, db_chunk: int = 65536) -> Tensor:
+    """Exact cosine top-(k+1) by chunked matmul: ``chunk`` queries × ``db_chunk`` database rows at a time
+    (memory ≈ chunk × db_chunk floats). ``x`` may stay float16 on the host; chunks are converted."""
     n = x.shape[0]
+
+    def block(start: int, size: int) -> Tensor:
+        return F.normalize(x[start : start + size].to(device, torch.float32), dim=1)
+
+    # A database that fits one block is converted once instead of once per query chunk.
+    whole = block(0, n) if n <= db_chunk else None
     out = torch.empty(n, k + 1, dtype=torch.long)
     for qs in range(0, n, chunk):
-        q = F.normalize(x[qs : qs + chunk].to(device, torch.float32), dim=1)
-        best_s = torch.full((q.shape[0], 0), float("-inf"), device=device)
-        best_i = torch.empty((q.shape[0], 0), dtype=torch.long, device=device)
-        for ds in range(0, n, chunk):
-            s = q @ F.normalize(x[ds : ds + chunk].to(device, torch.float32), dim=1).T
-            cand_s = torch.cat([best_s, s], dim=1)
-            cand_i = torch.cat([best_i, torch.arange(ds, ds + s.shape[1], device=device).expand_as(s)], dim=1)
-            top = cand_s.topk(min(k + 1, cand_s.shape[1]), dim=1)
-            best_s, best_i = top.values, cand_i.gather(1, top.indices)
+        q = block(qs, chunk)
+        best_s = best_i = None
+        for ds in range(0, n, db_chunk):
+            db = whole if whole is not None else block(ds, db_chunk)
+            top = (q @ db.T).topk(min(k + 1, db.shape[0]), dim=1)
+            s, i = top.values, top.indices + ds
+            if best_s is not None:
+                s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
+                top = s.topk(k + 1, dim=1)
+                s, i = top.values, i.gather(1, top.indices)
+            best_s, best_i = s, i
         out[qs : qs + chunk] = best_i.cpu()
     return out
 
 
 def knn_table(features: Tensor, k: int, backend: KnnBackend = "faiss", nprobe: int = 16,
-              device: torch.device | str = "cpu", chunk: int = 8192) -> Tensor:
+              device: torch.device | str = "cpu", chunk: int = 2048) -> Tensor:
     """K nearest neighbours of every row by inner product of L2-normalized features, self excluded.
 
     Args:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 
 from wcl.data.datasets import (
     DatasetName,
@@ -15,7 +16,10 @@ from wcl.data.datasets import (
     SmallCrops,
     ViewsDataset,
     build_splits,
+    class_balanced_fraction,
     first_per_class,
+    named_subset,
+    source_of,
     targets_of,
 )
 from wcl.data.transforms import Augmentations, MultiView, eval_transform, view_transform
@@ -140,15 +144,7 @@ class WCLDataModule(LightningDataModule):
         return EvalDataset(base, eval_transform(self.augment, self.eval_resize))
 
     def _loader(self, ds: Dataset, batch_size: int, train: bool) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
+        return _loader(ds, batch_size, train, self.num_workers, self.pin_memory, self.persistent_workers)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.train_dataset()
@@ -161,3 +157,110 @@ class WCLDataModule(LightningDataModule):
         if self.splits.val is None:
             return []
         return [self._loader(self.eval_dataset(s), self.eval_batch_size, train=False) for s in ("bank", "val")]
+
+
+class LabelledDataModule(LightningDataModule):
+    """Labelled data for the linear probe and fine-tuning: ``{"image", "index", "label"}`` batches.
+
+    Args:
+        dataset, root, download, batch_size, eval_batch_size, num_workers, pin_memory, persistent_workers,
+            augment, eval_resize, train_per_class, val_per_class: as in ``WCLDataModule`` (``augment`` gives the
+            crop size and normalisation).
+        train_augment: ``crop_flip`` (random-resized-crop + horizontal flip, the paper's linear / fine-tune
+            protocol) or ``none`` (the eval transform).
+        label_fraction: keep this fraction of each class's training images (at least one per class), drawn
+            with ``seed``; None keeps all.
+        subset_file: alternatively, a text file naming the labelled training images, one per line (file name,
+            or path relative to the split folder), e.g. the standard ImageNet 1 % / 10 % lists.
+        seed: seed of the ``label_fraction`` draw.
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "bundled",
+        root: str | None = None,
+        download: bool = False,
+        batch_size: int = 256,
+        eval_batch_size: int = 512,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        augment: Augmentations | None = None,
+        eval_resize: int | None = None,
+        train_per_class: int | None = None,
+        val_per_class: int | None = None,
+        train_augment: Literal["crop_flip", "none"] = "crop_flip",
+        label_fraction: float | None = None,
+        subset_file: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if label_fraction is not None and not 0.0 < label_fraction <= 1.0:
+            raise ConfigError(f"data.label_fraction={label_fraction} is outside (0, 1]; use e.g. 0.01 or 0.1.")
+        if label_fraction is not None and subset_file is not None:
+            raise ConfigError("set either data.label_fraction or data.subset_file, not both.")
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.augment = augment if augment is not None else Augmentations()
+        self.eval_resize, self.train_augment = eval_resize, train_augment
+        splits = build_splits(dataset, root, download)
+        train = splits.bank  # labelled training images (STL-10: train, not unlabeled)
+        if train_per_class is not None:
+            train = first_per_class(train, train_per_class)
+        if label_fraction is not None:
+            train = class_balanced_fraction(train, label_fraction, seed)
+        elif subset_file is not None:
+            train = named_subset(train, subset_file)
+        self._subset_used = label_fraction is not None or subset_file is not None
+        val = splits.val
+        if val is None:
+            raise ConfigError(f"dataset {dataset!r} at {root} has no validation split (val/ or test/).")
+        if val_per_class is not None:
+            val = first_per_class(val, val_per_class)
+        self.train_base, self.val_base = train, val
+        self.num_classes = splits.num_classes
+        self._cached: tuple[Dataset, Dataset] | None = None
+
+    def labelled_names(self) -> list[str] | None:
+        """Sources of the labelled training images when a fraction or subset file selected them."""
+        if not self._subset_used:
+            return None
+        return [source_of(self.train_base, i) for i in range(len(self.train_base))]  # type: ignore[arg-type]
+
+    def cache_source(self, split: Literal["train", "val"]) -> DataLoader:
+        """Un-augmented loader of a split, for feature caching."""
+        base = self.train_base if split == "train" else self.val_base
+        ds = EvalDataset(base, eval_transform(self.augment, self.eval_resize))
+        return _loader(ds, self.eval_batch_size, False, self.num_workers, self.pin_memory, False)
+
+    def use_cached(self, train: Dataset, val: Dataset) -> None:
+        """Serve these (feature) datasets instead of images from now on."""
+        self._cached = (train, val)
+
+    def train_dataloader(self) -> DataLoader:
+        if self._cached is not None:
+            return _loader(self._cached[0], self.batch_size, True, 0, False, False)
+        if self.train_augment == "crop_flip":
+            tf = T.Compose([T.RandomResizedCrop(self.augment.crop_size, scale=self.augment.crop_scale,
+                                                interpolation=T.InterpolationMode.BICUBIC),
+                            T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(self.augment.mean, self.augment.std)])
+        else:
+            tf = eval_transform(self.augment, self.eval_resize)
+        # drop_last only when it keeps at least one batch (1 % subsets can be smaller than a batch).
+        drop = len(self.train_base) >= 2 * self.batch_size  # type: ignore[arg-type]
+        return _loader(EvalDataset(self.train_base, tf), self.batch_size, True, self.num_workers,
+                       self.pin_memory, self.persistent_workers, drop_last=drop)
+
+    def val_dataloader(self) -> DataLoader:
+        if self._cached is not None:
+            return _loader(self._cached[1], self.eval_batch_size, False, 0, False, False)
+        ds = EvalDataset(self.val_base, eval_transform(self.augment, self.eval_resize))
+        return _loader(ds, self.eval_batch_size, False, self.num_workers, self.pin_memory, self.persistent_workers)
+
+
+def _loader(ds: Dataset, batch_size: int, train: bool, num_workers: int, pin_memory: bool,
+            persistent_workers: bool, drop_last: bool | None = None) -> DataLoader:
+    return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train if drop_last is None else drop_last,
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers)

@@ -147,7 +147,46 @@ def first_per_class(ds: Dataset, per_class: int) -> Subset:
     return Subset(ds, keep)
 
 
-def _source_of(ds: Dataset, i: int) -> str:
+def class_balanced_fraction(ds: Dataset, fraction: float, seed: int = 0) -> Subset:
+    """A seeded draw of ``fraction`` of each class's samples (rounded, at least one per class)."""
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(targets_of(ds)):
+        if y >= 0:
+            by_class.setdefault(y, []).append(i)
+    g = torch.Generator().manual_seed(seed)
+    keep: list[int] = []
+    for y in sorted(by_class):
+        members = by_class[y]
+        n = max(1, round(fraction * len(members)))
+        keep += [members[j] for j in torch.randperm(len(members), generator=g)[:n].tolist()]
+    return Subset(ds, sorted(keep))
+
+
+def named_subset(ds: Dataset, subset_file: str) -> Subset:
+    """The samples named in ``subset_file`` (one per line: file name, or path relative to the split folder)."""
+    path = Path(subset_file).expanduser()
+    if not path.is_file():
+        raise DataError(f"subset file {path} does not exist; give a text file with one image name per line.")
+    wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    base, offset = (ds.dataset, ds.indices) if isinstance(ds, Subset) else (ds, range(len(ds)))  # type: ignore
+    samples = getattr(base, "samples", None)
+    if samples is None:
+        raise DataError("data.subset_file needs an ImageFolder-style dataset (files on disk); use "
+                        "data.label_fraction for torchvision's CIFAR/STL files.")
+    root = Path(base.root)
+    lookup: dict[str, int] = {}
+    for pos, i in enumerate(offset):
+        p = Path(samples[i][0])
+        lookup.setdefault(p.name, pos)
+        lookup[str(p.relative_to(root))] = pos
+    missing = [w for w in wanted if w not in lookup]
+    if missing:
+        raise DataError(f"{len(missing)} images named in {path} do not exist under {root} "
+                        f"(first: {', '.join(missing[:3])}); check the file against data.root.")
+    return Subset(ds, sorted({lookup[w] for w in wanted}))
+
+
+def source_of(ds: Dataset, i: int) -> str:
     """Where sample ``i`` comes from (a file path when known), for error messages."""
     while isinstance(ds, Subset):
         ds, i = ds.dataset, ds.indices[i]
@@ -160,7 +199,7 @@ def load_sample(ds: Dataset, i: int) -> tuple[Image.Image, int]:
     try:
         return ds[i]
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DataError(f"cannot decode image {_source_of(ds, i)}: {err}. Remove or replace the file.") from err
+        raise DataError(f"cannot decode image {source_of(ds, i)}: {err}. Remove or replace the file.") from err
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Evaluation protocols."""
+"""Evaluation protocols: weighted kNN, linear probe, fine-tuning, and loading pretrained backbones."""
 
-from wcl.eval.knn import knn_predict
+from wcl.eval.classifier import FineTune, LinearProbe
+from wcl.eval.knn import KNNAccumulator, KNNEval, knn_predict
 
-__all__ = ["knn_predict"]
+__all__ = ["FineTune", "KNNAccumulator", "KNNEval", "LinearProbe", "knn_predict"]

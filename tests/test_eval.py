@@ -1,0 +1,114 @@
+import pytest
+import torch
+import torchvision
+
+from wcl import WCL, LabelledDataModule
+from wcl.cli import main
+from wcl.data.datasets import build_splits, class_balanced_fraction, targets_of
+from wcl.errors import ConfigError, DataError
+from wcl.eval.checkpoint import load_backbone
+from wcl.export import export_backbone
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _save_random(path, **kw):
+    torch.manual_seed(0)
+    model = WCL(**{"backbone": "resnet18", "width": 16, "cifar_stem": True, "proj_hidden_dim": 64,
+                   "weak_hidden_dim": 64, "num_classes": 10, **kw})
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return model
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory):
+    """A short quickstart pretraining (2 epochs on the bundled data) through the CLI."""
+    out = tmp_path_factory.mktemp("pretrain")
+    main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.max_epochs", "2",
+          "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+          "--trainer.enable_progress_bar", "false", "--model.knn_every_n_epochs", "0"])
+    return next(out.rglob("last.ckpt"))
+
+
+def _probe(ckpt, out, capsys):
+    main(["fit", "--config", str(ROOT / "configs" / "linear" / "quickstart.yaml"), "--model.checkpoint", str(ckpt),
+          "--trainer.max_epochs", "15", "--trainer.default_root_dir", str(out),
+          "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar", "false"])
+    text = capsys.readouterr().out
+    return float(text.split("wcl: final val/top1 = ")[1].split()[0])
+
+
+def test_probe_of_pretrained_beats_random_init(pretrained, tmp_path, capsys):
+    _save_random(tmp_path / "random.ckpt", proj_hidden_dim=512, weak_hidden_dim=512)
+    trained = _probe(pretrained, tmp_path / "a", capsys)
+    random = _probe(tmp_path / "random.ckpt", tmp_path / "b", capsys)
+    assert trained > random + 0.02, (trained, random)
+
+
+def test_finetune_writes_labelled_subset(pretrained, tmp_path, capsys):
+    main(["fit", "--config", str(ROOT / "configs" / "finetune" / "quickstart_10pct.yaml"),
+          "--model.checkpoint", str(pretrained), "--trainer.max_epochs", "1", "--data.val_per_class", "10",
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.enable_progress_bar", "false"])
+    assert "wcl: final val/top1" in capsys.readouterr().out
+    names = next(tmp_path.rglob("labelled_subset.txt")).read_text().split()
+    assert len(names) == 500 and len(set(names)) == 500
+
+
+def test_fraction_sampling_is_balanced_seeded_reproducible():
+    train = build_splits("bundled").bank
+    a, b = class_balanced_fraction(train, 0.01, seed=3), class_balanced_fraction(train, 0.01, seed=3)
+    assert a.indices == b.indices
+    assert a.indices != class_balanced_fraction(train, 0.01, seed=4).indices
+    counts = torch.bincount(torch.tensor(targets_of(a)), minlength=10)
+    assert counts.tolist() == [5] * 10
+    tiny = class_balanced_fraction(train, 0.0001, seed=0)  # rounds to 0: still one per class
+    assert torch.bincount(torch.tensor(targets_of(tiny))).tolist() == [1] * 10
+
+
+def test_label_fraction_out_of_range():
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match=f"label_fraction={bad}"):
+            LabelledDataModule(label_fraction=bad)
+
+
+def test_subset_file(tmp_path):
+    listing = tmp_path / "subset.txt"
+    listing.write_text("airplane/0000.jpg\ncat/0003.jpg\n")
+    dm = LabelledDataModule(subset_file=str(listing), num_workers=0)
+    assert len(dm.train_base) == 2 and dm.labelled_names()[1].endswith("cat/0003.jpg")
+    listing.write_text("airplane/0000.jpg\nzebra/0001.jpg\n")
+    with pytest.raises(DataError, match=r"1 images named .* do not exist .*zebra/0001.jpg"):
+        LabelledDataModule(subset_file=str(listing))
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_backbone(tmp_path / "missing.ckpt")
+    torch.save({"state_dict": {"layer.weight": torch.zeros(1)}, "hyper_parameters": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(ConfigError, match="is not a wcl.WCL checkpoint"):
+        load_backbone(tmp_path / "other.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot read checkpoint"):
+        load_backbone(tmp_path / "junk.ckpt")
+    _save_random(tmp_path / "r18.ckpt")
+    with pytest.raises(ConfigError, match="backbone mismatch.*resnet50.*resnet18"):
+        load_backbone(tmp_path / "r18.ckpt", expect_backbone="resnet50")
+    bad = torch.load(tmp_path / "r18.ckpt", weights_only=False)
+    bad["hyper_parameters"]["width"] = 32
+    torch.save(bad, tmp_path / "wrong_width.ckpt")
+    with pytest.raises(ConfigError, match="do not fit a resnet18 with width 32"):
+        load_backbone(tmp_path / "wrong_width.ckpt")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_export_loads_into_torchvision_strict(name, tmp_path):
+    model = _save_random(tmp_path / "m.ckpt", backbone=name, width=64, cifar_stem=False)
+    info = export_backbone(tmp_path / "m.ckpt", tmp_path / "out.pt")
+    assert info["torchvision_compatible"] and info["fc"] == "zeros"
+    tv = getattr(torchvision.models, name)()
+    tv.load_state_dict(torch.load(tmp_path / "out.pt"), strict=True)
+    tv.fc = torch.nn.Identity()
+    tv.eval(), model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(tv(x), model.backbone(x))

@@ -1,0 +1,169 @@
+"""Supervised evaluation on a pretrained backbone: ``LinearProbe`` (frozen) and ``FineTune`` (whole network).
+
+Both log ``val/top1`` and ``val/top5`` (torchmetrics) and train with SGD + Nesterov momentum and a per-step
+cosine schedule. Batches come from ``wcl.data.LabelledDataModule``: ``{"image", "index", "label"}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+
+from wcl.errors import ConfigError
+from wcl.eval.checkpoint import load_backbone
+from wcl.optim import warmup_cosine
+
+
+class _SupervisedEval(LightningModule):
+    """Backbone from ``checkpoint`` + a linear classifier; metrics and optimisation shared by both protocols."""
+
+    def __init__(self, checkpoint: str, num_classes: int | None, lr: float, momentum: float, weight_decay: float,
+                 backbone: str | None) -> None:
+        super().__init__()
+        if num_classes is None:
+            raise ConfigError("model.num_classes is unset; use a data module that defines it (the CLI links it) "
+                              "or set --model.num_classes.")
+        self.backbone, self.arch = load_backbone(checkpoint, backbone)
+        self.classifier = nn.Linear(self.backbone.out_dim, num_classes)
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.best_top1 = 0.0
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.backbone(x.contiguous(memory_format=torch.channels_last))
+
+    def logits(self, batch: dict[str, Any]) -> Tensor:
+        return self.classifier(self.features(batch["image"]))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        logits = self.logits(batch)
+        loss = F.cross_entropy(logits, batch["label"])
+        acc = (logits.argmax(1) == batch["label"]).float().mean()
+        self.log_dict({"train/loss": loss, "train/top1": acc}, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self.logits(batch)
+        self.val_top1.update(logits, batch["label"])
+        self.val_top5.update(logits, batch["label"])
+        self.log("val/top1", self.val_top1, prog_bar=True, batch_size=len(logits))
+        self.log("val/top5", self.val_top5, batch_size=len(logits))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking and "val/top1" in self.trainer.callback_metrics:
+            self.best_top1 = max(self.best_top1, float(self.trainer.callback_metrics["val/top1"]))
+            self.log("val/best_top1", self.best_top1)
+
+    def on_train_start(self) -> None:
+        # The labelled subset actually used goes next to the checkpoints (semi-supervised protocols).
+        dm = self.trainer.datamodule
+        names = dm.labelled_names() if hasattr(dm, "labelled_names") else None
+        if names is not None and self.trainer.is_global_zero:
+            ckpt_cb = self.trainer.checkpoint_callback
+            out = ckpt_cb.dirpath if ckpt_cb is not None and ckpt_cb.dirpath else self.trainer.log_dir
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "labelled_subset.txt").write_text("\n".join(names) + "\n")
+
+    def param_groups(self) -> list[dict]:
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        opt = torch.optim.SGD(self.param_groups(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0,
+                              weight_decay=hp.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, 0, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class LinearProbe(_SupervisedEval):
+    """Linear classification on frozen backbone features (BatchNorm in eval mode).
+
+    Args:
+        checkpoint: ``.ckpt`` of a ``wcl.WCL`` run.
+        num_classes: linked from the data module by the CLI.
+        mode: ``cached`` — features of the train and val images (eval transform) are extracted once and the
+            classifier trains on them (fast; the default for small data); ``augment`` — the paper protocol:
+            every step sees a random-resized-crop + flip of each image (set ``data.train_augment: crop_flip``).
+        lr, momentum, weight_decay: SGD with Nesterov momentum, cosine schedule per step.
+        backbone: if set, the checkpoint must hold this backbone (a guard against wrong paths).
+    """
+
+    def __init__(self, checkpoint: str, num_classes: int | None = None,
+                 mode: Literal["cached", "augment"] = "cached", lr: float = 0.1, momentum: float = 0.9,
+                 weight_decay: float = 0.0, backbone: str | None = None) -> None:
+        super().__init__(checkpoint, num_classes, lr, momentum, weight_decay, backbone)
+        self.save_hyperparameters()
+        self.hparams["arch"] = self.arch  # lets wcl.export read this run's checkpoints too
+        self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        self.backbone.eval()  # frozen: BN statistics stay those of pretraining
+        return self
+
+    def logits(self, batch: dict[str, Any]) -> Tensor:
+        if "features" in batch:
+            return self.classifier(batch["features"])
+        with torch.no_grad():
+            feats = self.features(batch["image"])
+        return self.classifier(feats)
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.classifier.parameters())}]
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.mode != "cached" or stage != "fit":
+            return
+        dm = self.trainer.datamodule
+        device = self.trainer.strategy.root_device
+        self.backbone.to(device)
+        dm.use_cached(self._extract(dm.cache_source("train"), device), self._extract(dm.cache_source("val"), device))
+
+    @torch.no_grad()
+    def _extract(self, loader: DataLoader, device: torch.device) -> Dataset:
+        self.backbone.eval()
+        feats, labels, index = [], [], []
+        for batch in loader:
+            feats.append(self.features(batch["image"].to(device)).float().cpu())
+            labels.append(batch["label"])
+            index.append(batch["index"])
+        return _FeatureDataset(torch.cat(feats), torch.cat(labels), torch.cat(index))
+
+
+class _FeatureDataset(TensorDataset):
+    """Cached features as ``{"features", "label", "index"}`` samples."""
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:  # type: ignore[override]
+        f, y, idx = super().__getitem__(i)
+        return {"features": f, "label": y, "index": idx}
+
+
+class FineTune(_SupervisedEval):
+    """The whole network fine-tuned from the pretrained backbone, on the labelled subset of the data module
+    (``data.label_fraction`` or ``data.subset_file``).
+
+    Args:
+        checkpoint: ``.ckpt`` of a ``wcl.WCL`` run. num_classes: linked from the data module.
+        lr: learning rate of the backbone; classifier_lr: of the new linear layer.
+        momentum, weight_decay: SGD with Nesterov momentum, cosine schedule per step.
+        backbone: if set, the checkpoint must hold this backbone.
+    """
+
+    def __init__(self, checkpoint: str, num_classes: int | None = None, lr: float = 0.01,
+                 classifier_lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
+                 backbone: str | None = None) -> None:
+        super().__init__(checkpoint, num_classes, lr, momentum, weight_decay, backbone)
+        self.save_hyperparameters()
+        self.hparams["arch"] = self.arch
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.backbone.parameters())},
+                {"params": list(self.classifier.parameters()), "lr": self.hparams.classifier_lr}]
