@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wcl.export: error: {err}", file=sys.stderr)
         sys.exit(2)
     arch = info["arch"]
-    print(f"wrote {args.out}: {arch['backbone']} width {arch['width']} cifar_stem={arch['cifar_stem']}, fc={info['fc']}")
+    print(f"wrote {args.out}: {arch['backbone']} width {arch['width']} cifar_stem={arch['cifar_stem']}, "
+          f"fc={info['fc']}")
     if not info["torchvision_compatible"]:
         print("note: this backbone has a non-standard stem or width, so torchvision's constructors will not load "
               "it; use wcl.models.build_resnet(backbone, width, cifar_stem) instead.")
