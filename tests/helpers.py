@@ -37,3 +37,32 @@ class DumpNeighborTable(Callback):
             if not bool((batch["small_source"][:, :, None] == rows[:, None, :]).any(-1).all()):
                 raise AssertionError("a crop does not come from one of its sample's neighbours")
             self.checked += 1
+
+
+class SignalAtStep(Callback):
+    """Sends ``signal`` (a name: SIGTERM as a scheduler's pre-emption, SIGKILL as an OOM killer) to this process
+    after training step ``step``."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM") -> None:
+        self.step, self.signal = step, signal
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class RecordBatches(Callback):
+    """Appends each training batch's indices and a checksum of its views to ``path`` (for debugging resume)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        s = float(sum(v.double().sum() for v in batch["views"]))
+        w = float(sum(p.double().sum() for p in pl_module.parameters()))
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step} {batch['index'].tolist()} {s:.6f} params={w:.8f} "
+                    f"lr={trainer.optimizers[0].param_groups[0]['lr']:.6f}\n")

@@ -29,7 +29,9 @@ def test_every_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exc.value.code in (0, None)
     printed = capsys.readouterr().out
-    assert "class_path: wcl.WCL" in printed and "class_path: wcl.WCLDataModule" in printed
+    model = printed.split("\nmodel:\n")[1].split("\n")[0]
+    data = printed.split("\ndata:\n")[1].split("\n")[0]
+    assert "class_path: wcl." in model and "class_path: wcl." in data
 
 
 def test_fit_on_bundled_logs_metrics_and_writes_checkpoint(tmp_path, capsys):

@@ -107,6 +107,7 @@ class WCL(LightningModule):
         self._knn = KNNAccumulator()
         self._table: NeighborTable | None = None  # the data module's shared neighbour table, if any
         self._bank: FeatureBank | None = None  # primary features of the epoch (rank 0 only)
+        self._train_labels: Tensor | None = None  # true labels by dataset index, for neighbour purity
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -178,8 +179,17 @@ class WCL(LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if self._table is None:
-            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if getattr(dm, "skip_corrupt", False):
+            self.log("data/skipped_images", float(dm.skipped.get()), reduce_fx="sum", sync_dist=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # The table is built after the epoch's last batch, before validation and before any checkpoint of this
+        # epoch is written (checkpoint callbacks run ahead of on_train_epoch_end), so checkpoints carry it.
+        if self._table is not None and batch_idx + 1 == self.trainer.num_training_batches:
+            self._update_neighbor_table()
+
+    def _update_neighbor_table(self) -> None:
         hp = self.hparams
         result = None
         if self._bank is not None:
@@ -189,7 +199,7 @@ class WCL(LightningModule):
         table, seconds = self.trainer.strategy.broadcast(result, src=0)
         self._table.update(table, self.current_epoch)
         self.log("multicrop/knn_seconds", seconds, rank_zero_only=True)
-        purity = neighbor_purity(table, self._train_labels)
+        purity = neighbor_purity(table, self._train_labels) if self._train_labels is not None else None
         if purity is not None:
             self.log("multicrop/neighbor_purity", purity, rank_zero_only=True)
 

@@ -22,6 +22,7 @@ from wcl.data.datasets import (
     source_of,
     targets_of,
 )
+from wcl.data.sampling import EpochSampler, SharedInt
 from wcl.data.transforms import Augmentations, MultiView, eval_transform, view_transform
 from wcl.errors import ConfigError
 from wcl.multicrop import NeighborTable
@@ -54,6 +55,10 @@ class WCLDataModule(LightningDataModule):
             epoch) or ``self`` (cut from the sample itself, as in SwAV multi-crop).
         neighbors_k: K of the neighbour table.
         first_epoch: crops before any table exists: ``self`` (from the sample itself) or ``none``.
+        seed: seeds the epoch order and every sample's augmentation as a function of (seed, epoch, index), so a
+            resumed run reproduces an uninterrupted one exactly.
+        skip_corrupt: replace undecodable training images by the next readable one and count them
+            (logged as ``data/skipped_images``) instead of stopping with an error naming the file.
     """
 
     def __init__(
@@ -76,6 +81,8 @@ class WCLDataModule(LightningDataModule):
         small_crop_source: Literal["self", "neighbors"] = "neighbors",
         neighbors_k: int = 5,
         first_epoch: Literal["self", "none"] = "self",
+        seed: int = 0,
+        skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 2:
@@ -99,6 +106,9 @@ class WCLDataModule(LightningDataModule):
         self.num_small_crops, self.small_crop_size = num_small_crops, small_crop_size
         self.small_crop_scale, self.small_crop_source = small_crop_scale, small_crop_source
         self.first_epoch = first_epoch
+        self.seed, self.skip_corrupt = seed, skip_corrupt
+        self.epoch = SharedInt(0)
+        self.skipped = SharedInt(0)
         n = len(self.splits.pretrain)  # type: ignore[arg-type]
         self.neighbor_table: NeighborTable | None = None
         if num_small_crops > 0 and small_crop_source == "neighbors":
@@ -127,13 +137,27 @@ class WCLDataModule(LightningDataModule):
                 transform=view_transform(self.augment, self.small_crop_size, self.small_crop_scale),
                 num=self.num_small_crops, source=self.small_crop_source, first_epoch=self.first_epoch,
                 table=self.neighbor_table)
-        return ViewsDataset(self.splits.pretrain, MultiView(view_transform(self.augment), 2), small)
+        return ViewsDataset(self.splits.pretrain, MultiView(view_transform(self.augment), 2), small, seed=self.seed,
+                            epoch=self.epoch, skipped=self.skipped if self.skip_corrupt else None)
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in checkpoints: the neighbour table of the KNN multi-crop."""
-        return {"neighbor_table": self.neighbor_table.state_dict()} if self.neighbor_table is not None else {}
+        """Saved in checkpoints: the epoch a resumed run starts in and the KNN multi-crop's neighbour table."""
+        state: dict[str, Any] = {"epoch": self._resume_epoch()}
+        if self.neighbor_table is not None:
+            state["neighbor_table"] = self.neighbor_table.state_dict()
+        return state
+
+    def _resume_epoch(self) -> int:
+        """Epoch of the next optimizer step: a checkpoint written after an epoch's last step resumes in the next."""
+        trainer = self.trainer
+        if trainer is None or not trainer.num_training_batches or trainer.num_training_batches == float("inf"):
+            return self.epoch.get()
+        steps = max(1, int(trainer.num_training_batches) // trainer.accumulate_grad_batches)
+        return trainer.global_step // steps
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "epoch" in state:
+            self.epoch.set(int(state["epoch"]))
         if self.neighbor_table is not None and "neighbor_table" in state:
             self.neighbor_table.load_state_dict(state["neighbor_table"])
 
@@ -151,7 +175,10 @@ class WCLDataModule(LightningDataModule):
         if len(ds) < self.batch_size:
             raise ConfigError(f"the training set has {len(ds)} images, fewer than data.batch_size="
                               f"{self.batch_size}; lower the batch size.")
-        return self._loader(ds, self.batch_size, train=True)
+        sampler = EpochSampler(ds, self.seed, self.epoch)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers)
 
     def val_dataloader(self) -> list[DataLoader]:
         if self.splits.val is None:

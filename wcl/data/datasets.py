@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 
+from wcl.data.sampling import SharedInt, sample_seed
 from wcl.errors import DataError
 from wcl.multicrop import NeighborTable
 
@@ -231,23 +232,47 @@ class SmallCrops:
 class ViewsDataset(Dataset):
     """Training samples: ``{"views": [C×H×W, …], "index": int, "label": int}``, plus with low-res crops
     ``"small": [C×h×w, …]``, ``"small_source": LongTensor[m]`` (the images they were cut from) and
-    ``"table_epoch"`` (the epoch whose neighbour table was used, -1 for none)."""
+    ``"table_epoch"`` (the epoch whose neighbour table was used, -1 for none).
+
+    With ``epoch`` given, every random draw for sample i in epoch e is seeded by (seed, e, i), so the sample is
+    the same whichever worker, rank or resumed run produces it. With ``skipped`` given, an undecodable image is
+    replaced by the next readable one (its own index is reported) and counted instead of raising.
+    """
 
     def __init__(self, base: Dataset, transform: Callable[[Image.Image], list[torch.Tensor]],
-                 small: SmallCrops | None = None) -> None:
+                 small: SmallCrops | None = None, seed: int = 0, epoch: SharedInt | None = None,
+                 skipped: SharedInt | None = None) -> None:
         self.base, self.transform, self.small = base, transform, small
+        self.seed, self.epoch, self.skipped = seed, epoch, skipped
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        img, y = load_sample(self.base, i)
+        if self.epoch is None:
+            return self._sample(i)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch.get(), i))
+            return self._sample(i)
+
+    def _load(self, i: int) -> tuple[int, Image.Image, int]:
+        if self.skipped is None:
+            return (i, *load_sample(self.base, i))
+        n = len(self)
+        for j in range(i, i + n):
+            try:
+                return (j % n, *load_sample(self.base, j % n))
+            except DataError:
+                self.skipped.add(1)
+        raise DataError("no image of the training set could be decoded")
+
+    def _sample(self, i: int) -> dict[str, Any]:
+        i, img, y = self._load(i)
         sample = {"views": self.transform(img), "index": i, "label": int(y)}
         if self.small is not None and self.small.num > 0:
             table_epoch = self.small.table.epoch if self.small.table is not None else -1
             sources = self.small.sources(i)
-            sample["small"] = [self.small.transform(img if j == i else load_sample(self.base, j)[0])
-                               for j in sources]
+            sample["small"] = [self.small.transform(img if j == i else self._load(j)[1]) for j in sources]
             sample["small_source"] = torch.tensor(sources, dtype=torch.long)
             sample["table_epoch"] = table_epoch
         return sample

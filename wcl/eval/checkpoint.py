@@ -17,7 +17,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"checkpoint {p} does not exist. Pass the .ckpt written by `python -m wcl fit` "
-                          "(e.g. runs/quickstart/lightning_logs/version_0/checkpoints/last.ckpt).")
+                          "(e.g. runs/quickstart/checkpoints/last.ckpt).")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
