@@ -54,7 +54,7 @@ def run_case(n: int, d: int, backend: str, k: int, queries: int) -> dict:
             seconds = (time.perf_counter() - t) * n / queries + (t - start)
         else:
             t = time.perf_counter()
-            _drop_self(_knn_torch(bank.features[:queries], k, torch.device("cpu"), 8192), k)
+            _drop_self(_knn_torch(bank.features, k, torch.device("cpu"), 2048, num_queries=queries), k)
             seconds = (time.perf_counter() - t) * n / queries
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"n": n, "d": d, "backend": backend, "k": k, "seconds": seconds, "peak_mb": peak_mb,
@@ -64,7 +64,8 @@ def run_case(n: int, d: int, backend: str, k: int, queries: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", nargs=4, metavar=("N", "D", "BACKEND", "K"))
-    p.add_argument("--queries", type=int, default=20_000)
+    p.add_argument("--queries", type=int, default=5_000)
+    p.add_argument("--only", nargs="*", help="run only cases whose 'N D BACKEND' string contains one of these")
     args = p.parse_args()
     if args.case:
         n, d, backend, k = args.case
@@ -74,6 +75,8 @@ def main() -> None:
     print("| N × D | backend | K | time (s) | peak RSS (MB) | fp16 bank (MB) |")
     print("|---|---|---:|---:|---:|---:|")
     for n, d, backend, k in CASES:
+        if args.only and not any(o in f"{n} {d} {backend}" for o in args.only):
+            continue
         out = subprocess.run([sys.executable, __file__, "--case", str(n), str(d), backend, str(k),
                               "--queries", str(args.queries)], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])

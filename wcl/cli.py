@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from wcl.distributed import destroy_process_group
@@ -23,6 +24,14 @@ class WCLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Rich progress bar by default, unless the config disables the bar or brings its own.
+        cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        callbacks = cfg.get("callbacks") or []
+        if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            cfg["callbacks"] = [*callbacks, RichProgressBar()]
+        return super().instantiate_trainer(**kwargs)
+
     def before_fit(self) -> None:
         self._fit_start = time.perf_counter()
 
@@ -33,9 +42,16 @@ class WCLCLI(LightningCLI):
         metrics = trainer.callback_metrics
         lines = [f"wcl: fit finished in {time.perf_counter() - self._fit_start:.1f} s "
                  f"({trainer.global_step} steps, {trainer.current_epoch} epochs)"]
+        model = trainer.lightning_module
+        if getattr(model, "train_seconds", 0) > 0:
+            lines.append(f"wcl: training throughput {model.train_images / model.train_seconds:.0f} images/s "
+                         "(every view counted, data loading included, validation excluded)")
         for key in ("val/knn_top1", "val/online_linear_top1", "val/top1", "val/top5", "val/best_top1"):
             if key in metrics:
                 lines.append(f"wcl: final {key} = {float(metrics[key]):.4f}")
+        best_knn = getattr(model, "best_knn_top1", None)
+        if best_knn is not None:
+            lines.append(f"wcl: best val/knn_top1 = {best_knn:.4f}")
         ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
         if ckpt is not None:
             path = ckpt.last_model_path or ckpt.best_model_path

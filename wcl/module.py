@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -108,6 +109,10 @@ class WCL(LightningModule):
         self._table: NeighborTable | None = None  # the data module's shared neighbour table, if any
         self._bank: FeatureBank | None = None  # primary features of the epoch (rank 0 only)
         self._train_labels: Tensor | None = None  # true labels by dataset index, for neighbour purity
+        # Training throughput (images of every view and crop, all ranks; data loading included, validation not).
+        self.train_images, self.train_seconds = 0, 0.0
+        self.best_knn_top1: float | None = None
+        self._last_tick = 0.0
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -178,12 +183,22 @@ class WCL(LightningModule):
         self.log("loss", logs["train/loss"], prog_bar=True, logger=False, batch_size=bsz)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self._last_tick = time.perf_counter()
+
     def on_train_epoch_end(self) -> None:
+        if self.train_seconds > 0:
+            self.log("train/images_per_second", self.train_images / self.train_seconds)
         dm = getattr(self.trainer, "datamodule", None)
         if getattr(dm, "skip_corrupt", False):
             self.log("data/skipped_images", float(dm.skipped.get()), reduce_fx="sum", sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        self.train_seconds += now - self._last_tick
+        self._last_tick = now
+        views = len(batch["views"]) + len(batch.get("small") or [])
+        self.train_images += views * len(batch["index"]) * self.trainer.world_size
         # The table is built after the epoch's last batch, before validation and before any checkpoint of this
         # epoch is written (checkpoint callbacks run ahead of on_train_epoch_end), so checkpoints carry it.
         if self._table is not None and batch_idx + 1 == self.trainer.num_training_batches:
@@ -244,6 +259,7 @@ class WCL(LightningModule):
         if self._knn_epoch() and self._knn.ready():
             acc = self._knn.accuracy(self.hparams.num_classes, self.hparams.knn_k, self.hparams.knn_temperature)
             self.log("val/knn_top1", acc["top1"], add_dataloader_idx=False)
+            self.best_knn_top1 = max(self.best_knn_top1 or 0.0, float(acc["top1"]))
         self._knn.reset()
 
     # ---------------------------------------------------------------- optimisation
