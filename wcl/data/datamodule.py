@@ -13,6 +13,8 @@ from wcl.data.datasets import (
     DatasetName,
     DatasetSplits,
     EvalDataset,
+    InMemoryImages,
+    RawImage,
     SmallCrops,
     ViewsDataset,
     build_splits,
@@ -22,6 +24,7 @@ from wcl.data.datasets import (
     source_of,
     targets_of,
 )
+from wcl.data.device_augment import DeviceViews
 from wcl.data.sampling import EpochSampler, SharedInt
 from wcl.data.transforms import Augmentations, MultiView, eval_transform, view_transform
 from wcl.errors import ConfigError
@@ -59,6 +62,14 @@ class WCLDataModule(LightningDataModule):
             resumed run reproduces an uninterrupted one exactly.
         skip_corrupt: replace undecodable training images by the next readable one and count them
             (logged as ``data/skipped_images``) instead of stopping with an error naming the file.
+        augment_on: ``cpu`` — workers build the augmented views (torchvision); ``device`` — workers only decode
+            uint8 images and every augmentation (views and low-res crops) runs batched on the batch's device with
+            kornia in ``on_after_batch_transfer``, independent parameters per sample. The ``cpu`` path alone makes
+            a sample's augmentation a function of (seed, epoch, index) (exact resume).
+        in_memory: decode the pretraining images once into one uint8 tensor (small datasets) instead of reading
+            files every step.
+        decode_size: resize the short side to this and centre-crop when decoding for ``augment_on: device`` or
+            ``in_memory`` (needed when images differ in size).
     """
 
     def __init__(
@@ -83,6 +94,9 @@ class WCLDataModule(LightningDataModule):
         first_epoch: Literal["self", "none"] = "self",
         seed: int = 0,
         skip_corrupt: bool = False,
+        augment_on: Literal["cpu", "device"] = "cpu",
+        in_memory: bool = False,
+        decode_size: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 2:
@@ -107,6 +121,8 @@ class WCLDataModule(LightningDataModule):
         self.small_crop_scale, self.small_crop_source = small_crop_scale, small_crop_source
         self.first_epoch = first_epoch
         self.seed, self.skip_corrupt = seed, skip_corrupt
+        self.augment_on, self.in_memory, self.decode_size = augment_on, in_memory, decode_size
+        self._device_views: tuple[DeviceViews, DeviceViews] | None = None
         self.epoch = SharedInt(0)
         self.skipped = SharedInt(0)
         n = len(self.splits.pretrain)  # type: ignore[arg-type]
@@ -131,14 +147,33 @@ class WCLDataModule(LightningDataModule):
         return torch.tensor(targets_of(self.splits.pretrain), dtype=torch.long)
 
     def train_dataset(self) -> Dataset:
+        if self.in_memory and not isinstance(self.splits.pretrain, InMemoryImages):
+            self.splits.pretrain = InMemoryImages(self.splits.pretrain, self.decode_size)
+        on_device = self.augment_on == "device"
         small = None
         if self.num_small_crops > 0:
-            small = SmallCrops(
-                transform=view_transform(self.augment, self.small_crop_size, self.small_crop_scale),
-                num=self.num_small_crops, source=self.small_crop_source, first_epoch=self.first_epoch,
-                table=self.neighbor_table)
-        return ViewsDataset(self.splits.pretrain, MultiView(view_transform(self.augment), 2), small, seed=self.seed,
-                            epoch=self.epoch, skipped=self.skipped if self.skip_corrupt else None)
+            crop = RawImage(self.decode_size) if on_device else view_transform(
+                self.augment, self.small_crop_size, self.small_crop_scale)
+            small = SmallCrops(transform=crop, num=self.num_small_crops, source=self.small_crop_source,
+                               first_epoch=self.first_epoch, table=self.neighbor_table)
+        # On the device path "views" holds one uint8 image, expanded into the views after the transfer.
+        views = MultiView(RawImage(self.decode_size), 1) if on_device else MultiView(view_transform(self.augment), 2)
+        return ViewsDataset(self.splits.pretrain, views, small, seed=self.seed, epoch=self.epoch,
+                            skipped=self.skipped if self.skip_corrupt else None)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``augment_on: device``: uint8 training images → two augmented views (and the low-res crops)."""
+        if not (isinstance(batch, dict) and "views" in batch and batch["views"][0].dtype == torch.uint8):
+            return batch
+        if self._device_views is None:
+            self._device_views = (DeviceViews(self.augment),
+                                  DeviceViews(self.augment, self.small_crop_size, self.small_crop_scale))
+        views, small = self._device_views
+        raw = batch["views"][0]
+        batch["views"] = [views(raw), views(raw)]
+        if batch.get("small"):
+            batch["small"] = [small(x) for x in batch["small"]]
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: the epoch a resumed run starts in and the KNN multi-crop's neighbour table."""

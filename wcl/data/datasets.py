@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
+from torchvision import transforms as T
 
 from wcl.data.sampling import SharedInt, sample_seed
 from wcl.errors import DataError
@@ -120,6 +121,43 @@ def build_splits(name: DatasetName, root: str | None = None, download: bool = Fa
         return DatasetSplits(pretrain, bank, val, _NUM_CLASSES[name])
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise DataError(f"could not load {name} from {path}: {err}. " + _layout_help(path, name)) from err
+
+
+class RawImage:
+    """PIL image → uint8 tensor 3×H×W (for ``augment_on: device``), optionally resized on its short side and
+    centre-cropped to ``size`` so that images of any size batch together."""
+
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if self.size is not None:
+            img = T.CenterCrop(self.size)(T.Resize(self.size, interpolation=T.InterpolationMode.BICUBIC)(img))
+        return torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+class InMemoryImages(Dataset):
+    """A dataset decoded once into one uint8 tensor N×3×H×W (``in_memory: true``); serves ``(PIL, label)`` like
+    the dataset it copies, without per-step file I/O. All images must share one size (or give ``size``)."""
+
+    def __init__(self, base: Dataset, size: int | None = None) -> None:
+        raw = RawImage(size)
+        images, self.targets = [], []
+        for i in range(len(base)):  # type: ignore[arg-type]
+            img, y = load_sample(base, i)
+            images.append(raw(img))
+            self.targets.append(int(y))
+        shapes = {tuple(t.shape) for t in images}
+        if len(shapes) > 1:
+            raise DataError(f"in_memory needs images of one size, found {len(shapes)} sizes (e.g. "
+                            f"{sorted(shapes)[:2]}); set data.decode_size to resize them when decoding.")
+        self.images = torch.stack(images)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[i].permute(1, 2, 0).numpy()), self.targets[i]
 
 
 def targets_of(ds: Dataset) -> list[int]:
