@@ -76,7 +76,8 @@ def _knn_faiss(x: np.ndarray, k: int, approximate: bool, nprobe: int) -> np.ndar
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
-        train = x[rng.choice(n, size=min(n, 256 * nlist), replace=False)]
+        # 64 points per list trains k-means well enough (faiss advises 39-256) at a quarter of the cost.
+        train = x[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
         index.train(train)
         index.nprobe = nprobe
     else:

@@ -19,6 +19,7 @@ from wcl.data.datasets import (
     ViewsDataset,
     build_splits,
     class_balanced_fraction,
+    classes_of,
     first_per_class,
     named_subset,
     source_of,
@@ -117,6 +118,7 @@ class WCLDataModule(LightningDataModule):
         # num_classes to the model through the CLI's argument link.
         self.splits: DatasetSplits = self._resolve()
         self.num_classes = self.splits.num_classes
+        self.class_names = classes_of(self.splits.bank)
         self.num_small_crops, self.small_crop_size = num_small_crops, small_crop_size
         self.small_crop_scale, self.small_crop_source = small_crop_scale, small_crop_source
         self.first_epoch = first_epoch

@@ -173,6 +173,19 @@ def targets_of(ds: Dataset) -> list[int]:
     raise TypeError(f"cannot read labels of {type(ds).__name__} without decoding it")
 
 
+def classes_of(ds: Dataset) -> list[str]:
+    """Class names of a dataset (through Subset and wrappers); numbers when the dataset names none."""
+    while True:
+        if hasattr(ds, "classes"):
+            return list(ds.classes)
+        if isinstance(ds, Subset):
+            ds = ds.dataset
+        elif isinstance(ds, _Relabel):
+            ds = ds.base
+        else:
+            return [str(c) for c in sorted({y for y in targets_of(ds) if y >= 0})]
+
+
 def first_per_class(ds: Dataset, per_class: int) -> Subset:
     """The first ``per_class`` samples of each class, in dataset order (unlabelled samples are dropped)."""
     if per_class < 1:
