@@ -19,7 +19,8 @@ from wcl.errors import WCLError
 
 
 class WCLCLI(LightningCLI):
-    """LightningCLI with the data module's class count linked to the model, and an end-of-fit summary."""
+    """LightningCLI with the data module's class count linked to the model, a Rich progress bar by default,
+    and an end-of-fit summary."""
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 - jsonargparse parser
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")

@@ -213,10 +213,11 @@ class WCL(LightningModule):
         # Rank 0 searches; every rank gets the same table for its own data workers.
         table, seconds = self.trainer.strategy.broadcast(result, src=0)
         self._table.update(table, self.current_epoch)
-        self.log("multicrop/knn_seconds", seconds, rank_zero_only=True)
+        # Logged per epoch (on_step logging would drop them unless the step hits log_every_n_steps).
+        self.log("multicrop/knn_seconds", seconds, on_step=False, on_epoch=True, rank_zero_only=True)
         purity = neighbor_purity(table, self._train_labels) if self._train_labels is not None else None
         if purity is not None:
-            self.log("multicrop/neighbor_purity", purity, rank_zero_only=True)
+            self.log("multicrop/neighbor_purity", purity, on_step=False, on_epoch=True, rank_zero_only=True)
 
     def _check_finite(self, terms: dict[str, Tensor]) -> None:
         if not self.hparams.check_finite:
