@@ -123,6 +123,9 @@ class LinearProbe(_SupervisedEval):
         if self.hparams.mode != "cached" or stage != "fit":
             return
         dm = self.trainer.datamodule
+        if not hasattr(dm, "use_cached"):
+            raise ConfigError("LinearProbe with mode: cached needs data class_path wcl.LabelledDataModule "
+                              f"(got {type(dm).__name__}); or set model.mode: augment.")
         device = self.trainer.strategy.root_device
         self.backbone.to(device)
         dm.use_cached(self._extract(dm.cache_source("train"), device), self._extract(dm.cache_source("val"), device))
