@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms as T
 
 from wcl.data.datasets import (
     DatasetName,
@@ -307,9 +307,10 @@ class LabelledDataModule(LightningDataModule):
         if self._cached is not None:
             return _loader(self._cached[0], self.batch_size, True, 0, False, False)
         if self.train_augment == "crop_flip":
-            tf = T.Compose([T.RandomResizedCrop(self.augment.crop_size, scale=self.augment.crop_scale,
-                                                interpolation=T.InterpolationMode.BICUBIC),
-                            T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(self.augment.mean, self.augment.std)])
+            # The view transform with every photometric op off: random-resized crop + flip + normalize.
+            crop_flip = replace(self.augment, crop_ratio=(3 / 4, 4 / 3), hflip_prob=0.5, jitter_prob=0.0,
+                                grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+            tf = view_transform(crop_flip)
         else:
             tf = eval_transform(self.augment, self.eval_resize)
         # drop_last only when it keeps at least one batch (1 % subsets can be smaller than a batch).
