@@ -13,6 +13,7 @@ from wcl.cli import main
 from wcl.data.datasets import InMemoryImages, build_splits, first_per_class
 from wcl.data.device_augment import DeviceViews
 from wcl.data.transforms import Augmentations, view_transform
+from wcl.errors import ConfigError
 
 N = 20_000
 AUG = Augmentations(crop_scale=(0.2, 1.0), hflip_prob=0.5, jitter_strength=0.5, jitter_prob=0.8,
@@ -90,12 +91,37 @@ def test_in_memory_equals_files():
         assert np.array_equal(np.asarray(mem[i][0]), np.asarray(base[i][0])) and mem[i][1] == base[i][1]
 
 
-def test_fit_on_device_path_in_memory_bf16(tmp_path, capsys):
+def test_images_on_device_gathers_the_batch_and_its_neighbour_crops():
+    dm = WCLDataModule(batch_size=8, num_workers=0, train_per_class=3, augment_on="device", in_memory="device",
+                       num_small_crops=2, neighbors_k=3)
+    dm.neighbor_table.update(torch.randint(0, 30, (30, 3)), epoch=0)
+    batch = next(iter(dm.train_dataloader()))
+    assert "views" not in batch and batch["small_source"].shape == (8, 2)  # only indices leave the loader
+    images = dm.splits.pretrain.images
+    dm._device_views = (torch.nn.Identity(), torch.nn.Identity())  # keep the gathered uint8 pixels as they are
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert torch.equal(out["views"][0], images[batch["index"]])
+    for c in range(2):
+        src = batch["small_source"][:, c]
+        assert torch.equal(out["small"][c], images[src])
+        table = dm.neighbor_table.table[batch["index"]]
+        assert bool((table == src[:, None]).any(1).all())  # each crop comes from one of the sample's neighbours
+    val = next(iter(dm.val_dataloader()[0]))
+    assert dm.on_after_batch_transfer(val, 0).keys() == {"image", "index", "label"}  # evaluation batches untouched
+
+
+def test_images_on_device_needs_the_device_augmentation():
+    with pytest.raises(ConfigError, match="augment_on: device"):
+        WCLDataModule(num_workers=0, train_per_class=2, in_memory="device")
+
+
+@pytest.mark.parametrize("in_memory", ["true", "device"])
+def test_fit_on_device_path_in_memory_bf16(tmp_path, capsys, in_memory):
     main(["fit", "--config", "configs/quickstart.yaml", "--config", "configs/multicrop.yaml",
           "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed",
           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
           "--trainer.enable_progress_bar", "false", "--data.train_per_class", "8", "--data.val_per_class", "4",
           "--data.batch_size", "20", "--data.num_workers", "0", "--data.augment_on", "device",
-          "--data.in_memory", "true", "--model.knn_every_n_epochs", "1"])
+          "--data.in_memory", in_memory, "--model.knn_every_n_epochs", "1"])
     out = capsys.readouterr().out
     assert "wcl: final val/knn_top1" in out and "images/s" in out

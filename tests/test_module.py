@@ -81,3 +81,24 @@ def test_lightning_ddp_two_ranks_equal_one_rank(weak_weight, tmp_path):
         torch.testing.assert_close(ddp[name], delta, rtol=1e-5, atol=1e-8, msg=name)
         moved += int(delta.abs().max() > 0)
     assert moved > 10
+
+
+def test_compiled_backbone_trains_and_keeps_checkpoint_keys(monkeypatch):
+    calls = []
+    real_compile = torch.compile
+
+    def eager_compile(fn, **kwargs):  # dynamo traces for real; the eager backend skips the C++ code generation
+        calls.append(kwargs)
+        return real_compile(fn, **{**kwargs, "backend": "eager", "mode": None})
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    torch.manual_seed(0)
+    plain = WCL(**TINY)
+    torch.manual_seed(0)
+    compiled = WCL(**TINY, compile_backbone=True, compile_mode="max-autotune")
+    assert calls == [{"mode": "max-autotune"}]
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    x = _batch()["views"][0]
+    torch.testing.assert_close(compiled(x), plain(x))
+    compiled(x).sum().backward()
+    assert compiled.backbone.conv1.weight.grad is not None

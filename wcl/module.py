@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,9 @@ class WCL(LightningModule):
             the training device); used only when the data module has ``num_small_crops > 0`` with
             ``small_crop_source: neighbors``.
         channels_last: run the backbone in channels-last memory format.
+        compile_backbone: compile the backbone with ``torch.compile`` (in place, so checkpoint keys do not
+            change); ``compile_mode`` is its ``mode`` (``default``, ``reduce-overhead``, ``max-autotune``). The
+            first steps are slow while it compiles; worth it for long accelerator runs.
         check_finite: stop with a clear error when a loss term is NaN/inf.
     """
 
@@ -88,6 +91,8 @@ class WCL(LightningModule):
         neighbor_backend: KnnBackend = "faiss",
         neighbor_nprobe: int = 16,
         channels_last: bool = True,
+        compile_backbone: bool = False,
+        compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default",
         check_finite: bool = True,
     ) -> None:
         super().__init__()
@@ -97,7 +102,8 @@ class WCL(LightningModule):
         self.backbone = build_resnet(backbone, width, cifar_stem)
         feat_dim = self.backbone.out_dim
         self.g = ProjectionHead(feat_dim, proj_hidden_dim, proj_out_dim, proj_layers)
-        self.phi = ProjectionHead(feat_dim, weak_hidden_dim, weak_out_dim, weak_layers)
+        # SimCLR mode (weak_weight 0) has no phi: an unused head would also leave DDP gradient buckets unreduced.
+        self.phi = ProjectionHead(feat_dim, weak_hidden_dim, weak_out_dim, weak_layers) if weak_weight > 0 else None
         self.nce_loss = NTXentLoss(temperature)
         self.weak_loss = WeakLabelLoss(weak_temperature, graph_backend)
         self.classifier = nn.Linear(feat_dim, num_classes) if num_classes else None
@@ -105,6 +111,8 @@ class WCL(LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        if compile_backbone:
+            self.backbone.compile(mode=compile_mode)
         self._knn = KNNAccumulator()
         self._table: NeighborTable | None = None  # the data module's shared neighbour table, if any
         self._bank: FeatureBank | None = None  # primary features of the epoch (rank 0 only)
@@ -153,17 +161,22 @@ class WCL(LightningModule):
         zs = vs = owner = None
         if small:
             hs = self(torch.cat(small))
-            zs, vs = self.g(hs), self.phi(hs)
+            zs, vs = self.g(hs), (self.phi(hs) if self.phi is not None else None)
             owner = torch.arange(bsz, device=hs.device).repeat(len(small))
         loss_nce = self.nce_loss(self.g(h1), self.g(h2), zs, owner)
-        loss_weak, labels1, labels2 = self.weak_loss(self.phi(h1), self.phi(h2), vs, owner)
+        weak_w = self.current_weak_weight()
+        logs = {"train/loss_nce": loss_nce}
+        if self.phi is not None:
+            loss_weak, _, labels2 = self.weak_loss(self.phi(h1), self.phi(h2), vs, owner)
+            logs["train/loss_weak"] = loss_weak
+            train_loss = loss_nce + weak_w * loss_weak
+        else:  # SimCLR mode: phi, its graph and its loss would not change the backbone, so they are skipped.
+            labels2, train_loss = None, loss_nce
+        loss = train_loss
         if self._table is not None:
             feats, index = gather_nograd(h1.detach()), gather_nograd(batch["index"])
             if self._bank is not None:
                 self._bank.write(index, feats)
-        weak_w = self.current_weak_weight()
-        loss = loss_nce + weak_w * loss_weak
-        logs = {"train/loss_nce": loss_nce, "train/loss_weak": loss_weak}
 
         true = batch.get("label")
         if self.classifier is not None and true is not None:
@@ -174,10 +187,11 @@ class WCL(LightningModule):
                 logs["train/online_linear_loss"] = online
         self._check_finite(logs)
 
-        true_all = gather_nograd(true) if true is not None else None
-        for name, value in weak_label_stats(labels2, true_all).items():
-            logs[f"weak_labels/{name}"] = value
-        logs["train/loss"] = loss_nce + weak_w * loss_weak
+        if labels2 is not None:
+            true_all = gather_nograd(true) if true is not None else None
+            for name, value in weak_label_stats(labels2, true_all).items():
+                logs[f"weak_labels/{name}"] = value
+        logs["train/loss"] = train_loss
         logs["train/weak_weight"] = torch.tensor(float(weak_w))
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=bsz, prog_bar=False)
         self.log("loss", logs["train/loss"], prog_bar=True, logger=False, batch_size=bsz)
@@ -274,7 +288,8 @@ class WCL(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = scaled_lr(hp.base_lr, self.global_batch_size(), hp.lr_scaling)
-        groups = param_groups({"backbone": self.backbone, "g": self.g, "phi": self.phi}, hp.weight_decay)
+        heads = {"g": self.g} if self.phi is None else {"g": self.g, "phi": self.phi}
+        groups = param_groups({"backbone": self.backbone, **heads}, hp.weight_decay)
         if self.classifier is not None:
             groups.append({"params": list(self.classifier.parameters()), "weight_decay": 0.0,
                            "lars_exclude": True, "lr": hp.online_lr})

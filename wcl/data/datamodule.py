@@ -7,12 +7,14 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from wcl.data.datasets import (
     DatasetName,
     DatasetSplits,
     EvalDataset,
+    IndexSamples,
     InMemoryImages,
     RawImage,
     SmallCrops,
@@ -67,8 +69,10 @@ class WCLDataModule(LightningDataModule):
             uint8 images and every augmentation (views and low-res crops) runs batched on the batch's device with
             kornia in ``on_after_batch_transfer``, independent parameters per sample. The ``cpu`` path alone makes
             a sample's augmentation a function of (seed, epoch, index) (exact resume).
-        in_memory: decode the pretraining images once into one uint8 tensor (small datasets) instead of reading
-            files every step.
+        in_memory: ``true`` — decode the pretraining images once into one uint8 tensor N×3×H×W (small
+            datasets) instead of reading files every step; ``device`` — the same tensor kept on the training device
+            (needs ``augment_on: device``): the loader yields only indices and the batch's pixels are gathered on
+            the device, so no image crosses the host–device link after the first step.
         decode_size: resize the short side to this and centre-crop when decoding for ``augment_on: device`` or
             ``in_memory`` (needed when images differ in size).
     """
@@ -96,7 +100,7 @@ class WCLDataModule(LightningDataModule):
         seed: int = 0,
         skip_corrupt: bool = False,
         augment_on: Literal["cpu", "device"] = "cpu",
-        in_memory: bool = False,
+        in_memory: bool | Literal["device"] = False,
         decode_size: int | None = None,
     ) -> None:
         super().__init__()
@@ -106,6 +110,10 @@ class WCLDataModule(LightningDataModule):
                 "neighbour graph and the contrastive negatives are undefined for one sample. "
                 "Set --data.batch_size 2 or more."
             )
+        if in_memory == "device" and augment_on != "device":
+            raise ConfigError("data.in_memory: device keeps the images on the training device, where only the "
+                              "batched augmentation can read them; set data.augment_on: device (or in_memory: "
+                              "true to keep them in host memory).")
         self.dataset, self.root, self.download = dataset, root, download
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
@@ -125,6 +133,7 @@ class WCLDataModule(LightningDataModule):
         self.seed, self.skip_corrupt = seed, skip_corrupt
         self.augment_on, self.in_memory, self.decode_size = augment_on, in_memory, decode_size
         self._device_views: tuple[DeviceViews, DeviceViews] | None = None
+        self._device_images: Tensor | None = None  # in_memory: device
         self.epoch = SharedInt(0)
         self.skipped = SharedInt(0)
         n = len(self.splits.pretrain)  # type: ignore[arg-type]
@@ -158,6 +167,8 @@ class WCLDataModule(LightningDataModule):
                 self.augment, self.small_crop_size, self.small_crop_scale)
             small = SmallCrops(transform=crop, num=self.num_small_crops, source=self.small_crop_source,
                                first_epoch=self.first_epoch, table=self.neighbor_table)
+        if self.in_memory == "device":
+            return IndexSamples(self.splits.pretrain, small, seed=self.seed, epoch=self.epoch)
         # On the device path "views" holds one uint8 image, expanded into the views after the transfer.
         views = MultiView(RawImage(self.decode_size), 1) if on_device else MultiView(view_transform(self.augment), 2)
         return ViewsDataset(self.splits.pretrain, views, small, seed=self.seed, epoch=self.epoch,
@@ -165,7 +176,14 @@ class WCLDataModule(LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """``augment_on: device``: uint8 training images → two augmented views (and the low-res crops)."""
-        if not (isinstance(batch, dict) and "views" in batch and batch["views"][0].dtype == torch.uint8):
+        if not isinstance(batch, dict):
+            return batch
+        if self.in_memory == "device" and "index" in batch and not {"views", "image"} & batch.keys():
+            images = self._images_on(batch["index"].device)
+            batch["views"] = [images[batch["index"]]]
+            if "small_source" in batch and batch["small_source"].numel():
+                batch["small"] = [images[src] for src in batch["small_source"].unbind(1)]
+        if not ("views" in batch and batch["views"][0].dtype == torch.uint8):
             return batch
         if self._device_views is None:
             self._device_views = (DeviceViews(self.augment),
@@ -176,6 +194,12 @@ class WCLDataModule(LightningDataModule):
         if batch.get("small"):
             batch["small"] = [small(x) for x in batch["small"]]
         return batch
+
+    def _images_on(self, device: torch.device) -> Tensor:
+        """``in_memory: device``: the decoded training images N×3×H×W (uint8), moved to ``device`` once."""
+        if self._device_images is None or self._device_images.device != device:
+            self._device_images = self.splits.pretrain.images.to(device)
+        return self._device_images
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: the epoch a resumed run starts in and the KNN multi-crop's neighbour table."""

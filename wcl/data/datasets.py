@@ -329,6 +329,24 @@ class ViewsDataset(Dataset):
         return sample
 
 
+class IndexSamples(ViewsDataset):
+    """Training samples without pixels, for images kept on the accelerator (``in_memory: device``):
+    ``{"index": int, "label": int}`` plus, with low-res crops, ``"small_source": LongTensor[m]`` and
+    ``"table_epoch"``; the data module gathers the pixels from its device tensor after the transfer. The crop
+    sources are drawn exactly as in :class:`ViewsDataset` (seeded per (seed, epoch, index))."""
+
+    def __init__(self, base: InMemoryImages, small: SmallCrops | None = None, seed: int = 0,
+                 epoch: SharedInt | None = None) -> None:
+        super().__init__(base, lambda img: [], small, seed, epoch)
+
+    def _sample(self, i: int) -> dict[str, Any]:
+        sample: dict[str, Any] = {"index": i, "label": self.base.targets[i]}
+        if self.small is not None and self.small.num > 0:
+            sample["table_epoch"] = self.small.table.epoch if self.small.table is not None else -1
+            sample["small_source"] = torch.tensor(self.small.sources(i), dtype=torch.long)
+        return sample
+
+
 class EvalDataset(Dataset):
     """Evaluation samples: ``{"image": C×H×W, "index": int, "label": int}``."""
 

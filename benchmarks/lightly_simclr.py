@@ -1,0 +1,96 @@
+"""lightly's SimCLR on the CPU-proxy v1 protocol: the reference point for ``wcl``'s numbers.
+
+    pip install -e ".[bench]"
+    python benchmarks/lightly_simclr.py --epochs 30 --seed 0 --out runs/cpu_proxy/lightly_s0
+
+Everything that defines lightly's SimCLR comes from lightly (``SimCLRTransform`` on PIL images in the loader
+workers, ``SimCLRProjectionHead``, ``NTXentLoss``) with the settings of its CIFAR-10 example (SGD lr 0.06,
+momentum 0.9, weight decay 5e-4, cosine over epochs); the backbone, batch, augmentation strengths, temperature and
+training subset are the protocol's, shared with ``configs/cpu_proxy``. The checkpoint written at the end holds
+``backbone.*`` weights and the architecture, so ``wcl``'s evaluation code reads it like a ``wcl.WCL`` one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torchvision.datasets as tvd
+from lightning.pytorch import LightningModule, Trainer, seed_everything
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from wcl.data.datasets import first_per_class
+from wcl.models import build_resnet
+
+# CPU-proxy v1, as in configs/cpu_proxy/*.yaml.
+ROOT = "../shared/datasets/cifar10"
+PER_CLASS = 1000
+MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+
+
+class LightlySimCLR(LightningModule):
+    """Backbone (``wcl``'s ResNet, channels_last) + lightly's SimCLR head and loss."""
+
+    def __init__(self, backbone: str = "resnet18", width: int = 16, cifar_stem: bool = True,
+                 temperature: float = 0.2, lr: float = 0.06, max_epochs: int = 30) -> None:
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import SimCLRProjectionHead
+
+        super().__init__()
+        self.save_hyperparameters()  # backbone/width/cifar_stem: what wcl.eval.checkpoint.load_backbone reads
+        self.backbone = build_resnet(backbone, width, cifar_stem).to(memory_format=torch.channels_last)
+        self.head = SimCLRProjectionHead(self.backbone.out_dim, 512, 128)
+        self.criterion = NTXentLoss(temperature=temperature)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x.contiguous(memory_format=torch.channels_last)))
+
+    def training_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
+        (x1, x2), _ = batch
+        loss = self.criterion(self(x1), self(x2))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):  # noqa: ANN201 - Lightning's union type
+        opt = torch.optim.SGD(self.parameters(), lr=self.hparams.lr, momentum=0.9, weight_decay=5e-4)
+        return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.hparams.max_epochs)]
+
+
+def train_loader(root: str = ROOT, per_class: int = PER_CLASS, batch_size: int = 256, workers: int = 2,
+                 seed: int = 0) -> DataLoader:
+    """The protocol's training subset with lightly's two-view transform (no blur at 32 px)."""
+    from lightly.transforms import SimCLRTransform
+
+    train = Path(root) / "train"
+    if not train.is_dir():
+        raise SystemExit(f"CIFAR-10 not found at {train}: pass --root (an ImageFolder tree with train/ and test/).")
+    transform = SimCLRTransform(input_size=32, cj_prob=0.8, cj_strength=0.5, min_scale=0.08, random_gray_scale=0.2,
+                                gaussian_blur=0.0, hf_prob=0.5, normalize={"mean": MEAN, "std": STD})
+    ds = first_per_class(tvd.ImageFolder(str(train), transform=transform), per_class)
+    return DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                      persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/cpu_proxy/lightly")
+    p.add_argument("--root", default=ROOT)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--per-class", type=int, default=PER_CLASS, help="training images per class (first in order)")
+    args = p.parse_args()
+    seed_everything(args.seed)
+    model = LightlySimCLR(max_epochs=args.epochs)
+    trainer = Trainer(accelerator="auto", devices=1, max_epochs=args.epochs, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, default_root_dir=args.out)
+    trainer.fit(model, train_loader(args.root, args.per_class, workers=args.workers, seed=args.seed))
+    out = Path(args.out) / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(out)
+    print(f"checkpoint {out}")
+
+
+if __name__ == "__main__":
+    main()
