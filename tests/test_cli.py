@@ -8,8 +8,10 @@ import pytest
 from wcl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-OVERLAYS = {"multicrop.yaml"}  # partial configs, meant to follow a full one
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "data.yaml" and p.name not in OVERLAYS)
+# Partial configs, meant to follow a full one: (overlay, the full config it is tested on).
+OVERLAYS = {"multicrop.yaml": "quickstart.yaml", "cpu_proxy/simclr.yaml": "cpu_proxy/wcl.yaml"}
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
+                 if p.name != "data.yaml" and str(p.relative_to(ROOT / "configs")) not in OVERLAYS)
 
 
 def _tiny(tmp_path: Path, *extra: str) -> list[str]:
@@ -32,6 +34,15 @@ def test_every_config_parses(config, capsys):
     model = printed.split("\nmodel:\n")[1].split("\n")[0]
     data = printed.split("\ndata:\n")[1].split("\n")[0]
     assert "class_path: wcl." in model and "class_path: wcl." in data
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_overlays_compose_with_a_full_config(overlay, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(ROOT / "configs" / OVERLAYS[overlay]), "--config",
+              str(ROOT / "configs" / overlay), "--print_config"])
+    assert exc.value.code in (0, None)
+    assert "class_path: wcl.WCL" in capsys.readouterr().out
 
 
 def test_fit_on_bundled_logs_metrics_and_writes_checkpoint(tmp_path, capsys):
