@@ -10,7 +10,7 @@ the compute ceiling, and the data loaders on their own.
   the first ``--warmup`` of each fit. Images count every view (2 × 256 per step; multi-crop adds its 2 × 256
   16-px crops, shown separately).
 * "ceiling": forward + backward + SGD step of backbone and heads (and the loss terms of the method) on one fixed
-  in-memory batch — no data loading, no Lightning.
+  in-memory batch — no data loading, no Lightning; measured after each method's fit in every round, median.
 * "data": batches/s of each training loader alone (wcl: workers + batched augmentation after the batch is
   formed; lightly: PIL transforms in the workers), as images/s.
 """
@@ -88,8 +88,8 @@ def training_times(method: str, steps: int, quick: bool) -> list[float]:
     return timer.times
 
 
-def ceiling(method: str, steps: int) -> float:
-    """Median seconds of forward + backward + step on one fixed batch of two 256-image views."""
+def ceiling(method: str, steps: int) -> list[float]:
+    """Seconds of forward + backward + step on one fixed batch of two 256-image views, per step after two."""
     if method == "lightly_simclr":
         model = LightlySimCLR()
 
@@ -122,7 +122,7 @@ def ceiling(method: str, steps: int) -> float:
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - start)
-    return statistics.median(times[2:])
+    return times[2:]
 
 
 def data_times(method: str, steps: int, quick: bool) -> list[float]:
@@ -162,19 +162,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     step_times: dict[str, list[float]] = {m: [] for m in args.methods}
+    round_medians: dict[str, list[float]] = {m: [] for m in args.methods}
+    ceiling_times: dict[str, list[float]] = {m: [] for m in args.methods}
     for _ in range(args.rounds):
         for m in args.methods:
-            step_times[m] += training_times(m, args.steps + args.warmup, args.quick)[args.warmup:]
+            times = training_times(m, args.steps + args.warmup, args.quick)[args.warmup:]
+            step_times[m] += times
+            round_medians[m].append(statistics.median(times))
+            ceiling_times[m] += ceiling(m, args.steps)
     rows = []
     for m in args.methods:
         views, crops = images_per_step(m)
         train_s = statistics.median(step_times[m])
-        ceil_s = ceiling(m, args.steps)
+        ceil_s = statistics.median(ceiling_times[m])
         data_s = statistics.median(data_times(m, args.steps, args.quick))
         rows.append({"method": m, "step_s": train_s, "train_img_s": views / train_s,
                      "train_img_s_with_crops": (views + crops) / train_s, "ceiling_step_s": ceil_s,
                      "ceiling_img_s": (views + crops) / ceil_s, "data_img_s": (views + crops) / data_s,
-                     "pipeline_vs_ceiling": ceil_s / train_s, "steps_measured": len(step_times[m])})
+                     "pipeline_vs_ceiling": ceil_s / train_s, "steps_measured": len(step_times[m]),
+                     "round_median_step_s": round_medians[m]})
     simclr = next((r for r in rows if r["method"] == "simclr"), None)
     for r in rows:
         r["step_vs_simclr"] = r["step_s"] / simclr["step_s"] if simclr else None
@@ -184,15 +190,16 @@ def main() -> None:
         return
     print(f"torch {meta['torch']}, {args.threads} threads, {args.rounds} rounds × {args.steps} steps, "
           f"batch 2 × 256 at 32 px\n")
-    print("| method | step (s) | training img/s | ceiling img/s | training / ceiling | data img/s | "
-          "step / SimCLR step |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| method | step (s) | per-round medians (s) | training img/s | ceiling img/s | training / ceiling | "
+          "data img/s | step / SimCLR step |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         train = f"{r['train_img_s']:.0f}"
         if r["train_img_s_with_crops"] != r["train_img_s"]:
             train += f" ({r['train_img_s_with_crops']:.0f} with crops)"
         rel = f"{r['step_vs_simclr']:.2f}" if r["step_vs_simclr"] else ""
-        print(f"| {r['method']} | {r['step_s']:.3f} | {train} | {r['ceiling_img_s']:.0f} | "
+        rounds = ", ".join(f"{t:.2f}" for t in r["round_median_step_s"])
+        print(f"| {r['method']} | {r['step_s']:.3f} | {rounds} | {train} | {r['ceiling_img_s']:.0f} | "
               f"{r['pipeline_vs_ceiling']:.2f} | {r['data_img_s']:.0f} | {rel} |")
 
 
