@@ -18,16 +18,18 @@ from pathlib import Path
 import torch
 import torchvision.datasets as tvd
 from lightning.pytorch import LightningModule, Trainer, seed_everything
+from quality import data_args
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from wcl.data import Augmentations
 from wcl.data.datasets import first_per_class
 from wcl.models import build_resnet
 
-# CPU-proxy v1, as in configs/cpu_proxy/*.yaml.
-ROOT = "../shared/datasets/cifar10"
-PER_CLASS = 1000
-MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
+# CPU-proxy v1: data, batch and augmentation come from configs/cpu_proxy/data.yaml, as for the wcl runs.
+PROTOCOL = data_args(quick=False)
+ROOT, PER_CLASS, BATCH = PROTOCOL["root"], PROTOCOL["train_per_class"], PROTOCOL["batch_size"]
+AUG = Augmentations(**PROTOCOL["augment"])
 
 
 class LightlySimCLR(LightningModule):
@@ -58,16 +60,18 @@ class LightlySimCLR(LightningModule):
         return [opt], [torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.hparams.max_epochs)]
 
 
-def train_loader(root: str = ROOT, per_class: int = PER_CLASS, batch_size: int = 256, workers: int = 2,
+def train_loader(root: str = ROOT, per_class: int = PER_CLASS, batch_size: int = BATCH, workers: int = 2,
                  seed: int = 0) -> DataLoader:
-    """The protocol's training subset with lightly's two-view transform (no blur at 32 px)."""
+    """The protocol's training subset with lightly's two-view transform at the protocol's strengths."""
     from lightly.transforms import SimCLRTransform
 
     train = Path(root) / "train"
     if not train.is_dir():
         raise SystemExit(f"CIFAR-10 not found at {train}: pass --root (an ImageFolder tree with train/ and test/).")
-    transform = SimCLRTransform(input_size=32, cj_prob=0.8, cj_strength=0.5, min_scale=0.08, random_gray_scale=0.2,
-                                gaussian_blur=0.0, hf_prob=0.5, normalize={"mean": MEAN, "std": STD})
+    transform = SimCLRTransform(input_size=AUG.crop_size, cj_prob=AUG.jitter_prob, cj_strength=AUG.jitter_strength,
+                                min_scale=AUG.crop_scale[0], random_gray_scale=AUG.grayscale_prob,
+                                gaussian_blur=AUG.blur_prob, hf_prob=AUG.hflip_prob,
+                                normalize={"mean": list(AUG.mean), "std": list(AUG.std)})
     ds = first_per_class(tvd.ImageFolder(str(train), transform=transform), per_class)
     return DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
                       persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))

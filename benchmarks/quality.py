@@ -40,7 +40,7 @@ METHODS = {
     "wcl_multicrop": ["--config", "configs/cpu_proxy/wcl.yaml", "--config", "configs/multicrop.yaml"],
     "lightly_simclr": None,  # benchmarks/lightly_simclr.py
 }
-DATA_CONFIG = Path("configs/cpu_proxy/data.yaml")
+DATA_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu_proxy" / "data.yaml"
 
 
 def data_args(quick: bool) -> dict:

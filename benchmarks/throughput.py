@@ -29,15 +29,9 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lightly_simclr import LightlySimCLR, train_loader  # noqa: E402
+from quality import METHODS  # noqa: E402 - method name → `python -m wcl fit` arguments (None: lightly)
 
 from wcl.cli import WCLCLI  # noqa: E402
-
-CONFIGS = {
-    "simclr": ["configs/cpu_proxy/wcl.yaml", "configs/cpu_proxy/simclr.yaml"],
-    "wcl": ["configs/cpu_proxy/wcl.yaml"],
-    "wcl_multicrop": ["configs/cpu_proxy/wcl.yaml", "configs/multicrop.yaml"],
-}
-METHODS = [*CONFIGS, "lightly_simclr"]
 
 
 class StepTimer(Callback):
@@ -55,7 +49,7 @@ class StepTimer(Callback):
 
 
 def build_wcl(method: str, quick: bool) -> tuple:
-    args = [a for path in CONFIGS[method] for a in ("--config", path)]
+    args = list(METHODS[method])
     if quick:
         args += ["--data.train_per_class", "64"]
     cli = WCLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
@@ -153,7 +147,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12, help="measured steps per fit (after --warmup)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round of 3 steps on 64 images/class")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args()
