@@ -16,7 +16,7 @@ checkpoint is evaluated here with the same code for every method:
 
 A finished run leaves ``<out>/<method>_e<epochs>_s<seed>/result.json`` and is not run again, so the grid can
 be split over several invocations (``--threads 1`` in two shells uses the 2 cores better than one run with 2
-threads) and the table re-printed at the end with the same arguments.
+threads); ``--report`` re-prints the table of the finished runs without starting the missing ones.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def train(method: str, epochs: int, seed: int, run_dir: Path, quick: bool, threa
 
 def evaluate(ckpt: Path, quick: bool, probe_epochs: int) -> dict[str, float]:
     """kNN and cached linear-probe top-1 of a checkpoint's backbone on the protocol's test split."""
-    from lightning.pytorch import Trainer
+    from lightning.pytorch import Trainer, seed_everything
 
     from wcl import KNNEval, LabelledDataModule, LinearProbe, WCLDataModule
     from wcl.data import Augmentations
@@ -88,6 +88,7 @@ def evaluate(ckpt: Path, quick: bool, probe_epochs: int) -> dict[str, float]:
     knn = Trainer(**quiet).validate(KNNEval(str(ckpt), num_classes=10, k=200, temperature=0.1), knn_dm,
                                     verbose=False)
     probe_dm = LabelledDataModule(**common, batch_size=256, augment=aug, train_augment="none")
+    seed_everything(0, verbose=False)  # the probe's initialisation and shuffling: re-evaluation gives the same top-1
     probe = LinearProbe(str(ckpt), num_classes=10, mode="cached", lr=0.1, momentum=0.9, weight_decay=0.0)
     trainer = Trainer(**quiet, max_epochs=probe_epochs, check_val_every_n_epoch=probe_epochs,
                       enable_checkpointing=False, num_sanity_val_steps=0)
@@ -116,13 +117,16 @@ def training_log(run_dir: Path) -> dict:
             "online_knn_by_epoch": knn, "images_per_second": ips}
 
 
-def run_one(method: str, epochs: int, seed: int, args: argparse.Namespace) -> dict:
+def run_one(method: str, epochs: int, seed: int, args: argparse.Namespace) -> dict | None:
+    """Train and evaluate one run, or read its result.json; ``None`` for a missing run under ``--report``."""
     run_dir = args.out / f"{method}_e{epochs}_s{seed}{'_quick' if args.quick else ''}"
     result_file = run_dir / "result.json"
     if result_file.is_file() and not args.rerun:
         return json.loads(result_file.read_text())
+    if args.report:
+        return None
     wall = train(method, epochs, seed, run_dir, args.quick, args.threads, args.extra)
-    result = {"method": method, "epochs": epochs, "seed": seed, "train_wall_s": round(wall, 1),
+    result = {"method": method, "epochs": epochs, "seed": seed, "extra": args.extra, "train_wall_s": round(wall, 1),
               **evaluate(run_dir / "checkpoints" / "last.ckpt", args.quick, args.probe_epochs),
               **training_log(run_dir)}
     result_file.write_text(json.dumps(result, indent=1))
@@ -166,6 +170,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/cpu_proxy"))
     p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 64 images/class, 50 test/class")
     p.add_argument("--rerun", action="store_true", help="ignore finished runs' result.json")
+    p.add_argument("--report", action="store_true", help="print the finished runs only; train nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="further `python -m wcl fit` arguments for the wcl methods (ablations)")
@@ -175,7 +180,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.epochs, args.seeds, args.probe_epochs = [1], args.seeds[:1], 2
-    results = [run_one(m, e, s, args) for e in args.epochs for s in args.seeds for m in args.methods]
+    runs = [run_one(m, e, s, args) for e in args.epochs for s in args.seeds for m in args.methods]
+    results = [r for r in runs if r is not None]
     rows = summary(results)
     if args.json:
         print(json.dumps({"protocol": "cpu-proxy-v1", "quick": args.quick, "summary": rows, "runs": results}))
