@@ -125,8 +125,9 @@ def run_one(method: str, epochs: int, seed: int, args: argparse.Namespace) -> di
         return json.loads(result_file.read_text())
     if args.report:
         return None
-    wall = train(method, epochs, seed, run_dir, args.quick, args.threads, args.extra)
-    result = {"method": method, "epochs": epochs, "seed": seed, "extra": args.extra, "train_wall_s": round(wall, 1),
+    extra = [] if method == "lightly_simclr" else args.extra  # --extra is for `python -m wcl fit` only
+    wall = train(method, epochs, seed, run_dir, args.quick, args.threads, extra)
+    result = {"method": method, "epochs": epochs, "seed": seed, "extra": extra, "train_wall_s": round(wall, 1),
               **evaluate(run_dir / "checkpoints" / "last.ckpt", args.quick, args.probe_epochs),
               **training_log(run_dir)}
     result_file.write_text(json.dumps(result, indent=1))
