@@ -121,7 +121,7 @@ def run_one(method: str, epochs: int, seed: int, args: argparse.Namespace) -> di
     """Train and evaluate one run, or read its result.json; ``None`` for a missing run under ``--report``."""
     run_dir = args.out / f"{method}_e{epochs}_s{seed}{'_quick' if args.quick else ''}"
     result_file = run_dir / "result.json"
-    if result_file.is_file() and not args.rerun:
+    if result_file.is_file() and (args.report or not args.rerun):
         return json.loads(result_file.read_text())
     if args.report:
         return None
