@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from wcl.data import Augmentations
-from wcl.data.datasets import first_per_class
+from wcl.data.subsets import first_per_class
 from wcl.models import build_resnet
 
 # CPU-proxy v1: data, batch and augmentation come from configs/cpu_proxy/data.yaml, as for the wcl runs.

@@ -34,18 +34,22 @@ from pathlib import Path
 import torch
 import yaml
 
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"  # this project's copy; --root for another
 METHODS = {
-    "simclr": ["--config", "configs/cpu_proxy/wcl.yaml", "--config", "configs/cpu_proxy/simclr.yaml"],
+    "simclr": ["--config", "configs/cpu_proxy/wcl.yaml", "--config", "configs/simclr.yaml"],
     "wcl": ["--config", "configs/cpu_proxy/wcl.yaml"],
     "wcl_multicrop": ["--config", "configs/cpu_proxy/wcl.yaml", "--config", "configs/multicrop.yaml"],
+    "wcl_selfcrops": ["--config", "configs/cpu_proxy/wcl.yaml", "--config", "configs/selfcrops.yaml"],
     "lightly_simclr": None,  # benchmarks/lightly_simclr.py
 }
-DATA_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu_proxy" / "data.yaml"
+DATA_CONFIG = REPO / "configs" / "cpu_proxy" / "data.yaml"
+ROOT = str(CIFAR10)
 
 
 def data_args(quick: bool) -> dict:
-    """init_args of the protocol's data module (the same file the training configs use)."""
-    args = yaml.safe_load(DATA_CONFIG.read_text())["init_args"]
+    """init_args of the protocol's data module (the same file the training configs use), at ``ROOT``."""
+    args = {**yaml.safe_load(DATA_CONFIG.read_text())["init_args"], "root": ROOT}
     if quick:
         args.update(train_per_class=64, val_per_class=50)
     return args
@@ -60,8 +64,7 @@ def train(method: str, epochs: int, seed: int, run_dir: Path, quick: bool, threa
     else:
         cmd = [sys.executable, "-m", "wcl", "fit", *METHODS[method], "--seed_everything", str(seed),
                "--data.seed", str(seed), "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar",
-               "false", "--trainer.default_root_dir", str(run_dir), "--trainer.logger.init_args.save_dir",
-               str(run_dir), *extra]
+               "false", "--trainer.default_root_dir", str(run_dir), "--data.root", ROOT, *extra]
         if quick:
             cmd += ["--data.train_per_class", "64", "--data.val_per_class", "50"]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
@@ -162,6 +165,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
+    global ROOT
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     p.add_argument("--epochs", type=int, nargs="+", default=[30])
@@ -169,6 +173,7 @@ def main() -> None:
     p.add_argument("--probe-epochs", type=int, default=50)
     p.add_argument("--threads", type=int, default=2, help="torch threads of each training run and of evaluation")
     p.add_argument("--out", type=Path, default=Path("runs/cpu_proxy"))
+    p.add_argument("--root", default=str(CIFAR10), help="CIFAR-10 ImageFolder tree (train/, test/)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 64 images/class, 50 test/class")
     p.add_argument("--rerun", action="store_true", help="ignore finished runs' result.json")
     p.add_argument("--report", action="store_true", help="print the finished runs only; train nothing")
@@ -176,6 +181,7 @@ def main() -> None:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="further `python -m wcl fit` arguments for the wcl methods (ablations)")
     args = p.parse_args()
+    ROOT = args.root
     if not (Path(data_args(False)["root"]) / "test").is_dir():
         raise SystemExit(f"CIFAR-10 not found under {data_args(False)['root']} (ImageFolder train/ and test/).")
     torch.set_num_threads(args.threads)

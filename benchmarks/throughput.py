@@ -28,10 +28,14 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
+import quality  # noqa: E402 - METHODS: method name → `python -m wcl fit` arguments (None: lightly); ROOT
 from lightly_simclr import LightlySimCLR, train_loader  # noqa: E402
-from quality import METHODS  # noqa: E402 - method name → `python -m wcl fit` arguments (None: lightly)
 
+from wcl.callbacks import KnnMultiCrop  # noqa: E402
 from wcl.cli import WCLCLI  # noqa: E402
+from wcl.data.crops import NeighborTable  # noqa: E402
+
+METHODS = quality.METHODS
 
 
 class StepTimer(Callback):
@@ -49,32 +53,33 @@ class StepTimer(Callback):
 
 
 def build_wcl(method: str, quick: bool) -> tuple:
-    args = list(METHODS[method])
+    """(model, data module, the run's own callbacks other than checkpointing) of a wcl method."""
+    args = [*METHODS[method], "--data.root", quality.ROOT, "--trainer.enable_checkpointing", "false"]
     if quick:
         args += ["--data.train_per_class", "64"]
     cli = WCLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                  args=args, run=False)
-    return cli.model, cli.datamodule
+    return cli.model, cli.datamodule, [cb for cb in cli.trainer.callbacks if isinstance(cb, KnnMultiCrop)]
 
 
 def build(method: str, quick: bool) -> tuple:
     """(LightningModule, datamodule or loader) of a method on the protocol."""
     if method == "lightly_simclr":
-        return LightlySimCLR(), train_loader(per_class=64 if quick else 1000)
+        return LightlySimCLR(), train_loader(per_class=64 if quick else 1000), []
     return build_wcl(method, quick)
 
 
 def images_per_step(method: str, batch: int = 256) -> tuple[int, int]:
     """(views, small crops) images of one step."""
-    return 2 * batch, (2 * batch if method == "wcl_multicrop" else 0)
+    return 2 * batch, (2 * batch if method in ("wcl_multicrop", "wcl_selfcrops") else 0)
 
 
 def training_times(method: str, steps: int, quick: bool) -> list[float]:
-    model, data = build(method, quick)
+    model, data, callbacks = build(method, quick)
     timer = StepTimer()
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps + 1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      num_sanity_val_steps=0, callbacks=[timer])
+                      num_sanity_val_steps=0, callbacks=[timer, *callbacks])
     if method == "lightly_simclr":
         trainer.fit(model, data)
     else:
@@ -90,9 +95,9 @@ def ceiling(method: str, steps: int) -> list[float]:
         def loss_of(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
             return model.criterion(model(x1), model(x2))
     else:
-        model, _ = build_wcl(method, quick=True)
+        model = build_wcl(method, quick=True)[0]
 
-        crops = torch.randn(2 * 256, 3, 16, 16) if method == "wcl_multicrop" else None
+        crops = torch.randn(2 * 256, 3, 16, 16) if images_per_step(method)[1] else None
         owner = torch.arange(256).repeat(2)
 
         def loss_of(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:  # the math of WCL.training_step
@@ -124,8 +129,10 @@ def data_times(method: str, steps: int, quick: bool) -> list[float]:
     if method == "lightly_simclr":
         loader, dm = train_loader(per_class=64 if quick else 1000), None
     else:
-        _, dm = build_wcl(method, quick)
+        dm = build_wcl(method, quick)[1]
         dm.setup("fit")
+        if dm.crops.needs_table:  # no table yet: the first epoch's crops (from the sample itself), as in training
+            dm.crops.attach(NeighborTable(len(dm.source.pretrain), 5))
         loader = dm.train_dataloader()
     it = iter(loader)
     times = []

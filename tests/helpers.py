@@ -7,10 +7,16 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback
 
+from wcl.callbacks import KnnMultiCrop
+
+
+def _multicrop(trainer) -> KnnMultiCrop:
+    return next(cb for cb in trainer.callbacks if isinstance(cb, KnnMultiCrop))
+
 
 class DumpNeighborTable(Callback):
-    """Saves each rank's neighbour table at the start of every epoch ≥ 1, after checking that every batch of
-    the previous epoch used the table its workers should have had."""
+    """Saves each rank's neighbour table at the start of every epoch ≥ 1, after checking that every crop of the
+    epoch's batches came from one of its sample's neighbours in that table."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
@@ -18,9 +24,11 @@ class DumpNeighborTable(Callback):
         self.snapshot: torch.Tensor | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        table = trainer.datamodule.neighbor_table
+        table = _multicrop(trainer).table
         self.snapshot = table.table.clone()
         if trainer.current_epoch >= 1:
+            if table.epoch != trainer.current_epoch - 1:
+                raise AssertionError(f"rank {trainer.global_rank}: epoch {trainer.current_epoch} has a stale table")
             self.out_dir.mkdir(parents=True, exist_ok=True)
             torch.save({"table": self.snapshot, "epoch": table.epoch},
                        self.out_dir / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt")
@@ -29,12 +37,9 @@ class DumpNeighborTable(Callback):
         (self.out_dir / f"rank{trainer.global_rank}_checked.txt").write_text(str(self.checked))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        epoch = trainer.current_epoch
-        if not bool((batch["table_epoch"] == epoch - 1).all()):
-            raise AssertionError(f"rank {trainer.global_rank}: a worker used a stale neighbour table")
-        if epoch >= 1:
-            rows = self.snapshot[batch["index"]]
-            if not bool((batch["small_source"][:, :, None] == rows[:, None, :]).any(-1).all()):
+        if trainer.current_epoch >= 1:
+            rows = self.snapshot[batch["index"].cpu()]
+            if not bool((batch["crop_source"].cpu()[:, :, None] == rows[:, None, :]).any(-1).all()):
                 raise AssertionError("a crop does not come from one of its sample's neighbours")
             self.checked += 1
 
@@ -55,14 +60,13 @@ class SignalAtStep(Callback):
 
 
 class RecordBatches(Callback):
-    """Appends each training batch's indices and a checksum of its views to ``path`` (for debugging resume)."""
+    """Appends each training batch's step, indices, crop sources and a checksum of its views to ``path``."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        s = float(sum(v.double().sum() for v in batch["views"]))
-        w = float(sum(p.double().sum() for p in pl_module.parameters()))
+        views = float(sum(v.double().sum() for v in batch["views"] + (batch.get("small") or [])))
+        crops = batch["crop_source"].tolist() if "crop_source" in batch else []
         with open(self.path, "a") as f:
-            f.write(f"{trainer.global_step} {batch['index'].tolist()} {s:.6f} params={w:.8f} "
-                    f"lr={trainer.optimizers[0].param_groups[0]['lr']:.6f}\n")
+            f.write(f"{trainer.global_step} {batch['index'].tolist()} {crops} {views:.5f}\n")

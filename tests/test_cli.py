@@ -9,16 +9,18 @@ from wcl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 # Partial configs, meant to follow a full one: (overlay, the full config it is tested on).
-OVERLAYS = {"multicrop.yaml": "quickstart.yaml", "cpu_proxy/simclr.yaml": "cpu_proxy/wcl.yaml"}
+OVERLAYS = {"multicrop.yaml": "quickstart.yaml", "simclr.yaml": "cpu_proxy/wcl.yaml",
+            "selfcrops.yaml": "cpu_proxy/wcl.yaml", "imagenet/multicrop.yaml": "imagenet/wcl_resnet50.yaml",
+            "official.yaml": "cifar10/wcl.yaml"}
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
-                 if p.name != "data.yaml" and str(p.relative_to(ROOT / "configs")) not in OVERLAYS)
+                 if p.name not in ("data.yaml", "model.yaml") and str(p.relative_to(ROOT / "configs")) not in OVERLAYS)
 
 
 def _tiny(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
         "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_progress_bar", "false",
         "--trainer.log_every_n_steps", "1",
         "--data.batch_size", "32", "--data.train_per_class", "7", "--data.val_per_class", "4",
         "--data.num_workers", "0", "--model.knn_every_n_epochs", "1", *extra,
@@ -28,7 +30,7 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--config", str(config), "--print_config"])
+        main(["validate" if config.parent.name == "knn" else "fit", "--config", str(config), "--print_config"])
     assert exc.value.code in (0, None)
     printed = capsys.readouterr().out
     model = printed.split("\nmodel:\n")[1].split("\n")[0]
@@ -42,7 +44,10 @@ def test_overlays_compose_with_a_full_config(overlay, capsys):
         main(["fit", "--config", str(ROOT / "configs" / OVERLAYS[overlay]), "--config",
               str(ROOT / "configs" / overlay), "--print_config"])
     assert exc.value.code in (0, None)
-    assert "class_path: wcl.WCL" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "class_path: wcl.WCL" in out
+    if "multicrop" in overlay:  # appended to the base config's callbacks, not replacing them
+        assert "class_path: wcl.callbacks.KnnMultiCrop" in out and "class_path: wcl.callbacks.Checkpoint" in out
 
 
 def test_fit_on_bundled_logs_metrics_and_writes_checkpoint(tmp_path, capsys):
@@ -50,8 +55,8 @@ def test_fit_on_bundled_logs_metrics_and_writes_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "wcl: final val/knn_top1 = " in out
     ckpt = Path(out.split("wcl: checkpoint: ")[1].split()[0])
-    assert ckpt.is_file() and ckpt.name == "last.ckpt"
-    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    assert ckpt.is_file() and ckpt.name == "last.ckpt" and ckpt.parent == tmp_path / "checkpoints"
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
     keys = set(rows[0])
     for key in ("train/loss", "train/loss_nce", "train/loss_weak", "weak_labels/num_components",
                 "weak_labels/mean_component_size", "weak_labels/purity", "val/knn_top1",

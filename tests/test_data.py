@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from wcl.data import Augmentations, WCLDataModule
-from wcl.data.datasets import build_splits, first_per_class, rgb_loader
+from wcl.data.datasets import build_splits, rgb_loader
+from wcl.data.subsets import first_per_class
 from wcl.errors import ConfigError, DataError
 
 
@@ -28,7 +29,7 @@ def test_bundled_batches_carry_views_index_label():
     assert not torch.equal(x1, x2)  # independent augmentations
     assert batch["index"].dtype == torch.long and batch["label"].dtype == torch.long
     assert len(set(batch["index"].tolist())) == 8 and batch["label"].min() >= 0
-    bank, val = dm.val_dataloader()
+    val, bank = dm.val_dataloader(), dm.eval_loader("bank")
     vb = next(iter(val))
     assert vb["image"].shape[1:] == (3, 32, 32) and len(val.dataset) == 10 and len(bank.dataset) == 20
 
@@ -53,7 +54,7 @@ def test_imagefolder_and_image_modes(tmp_path):
         assert out.mode == "RGB" and out.size == (12, 12)
     gray16 = np.asarray(rgb_loader(str(root / "train" / "a" / "gray16.png")))
     assert gray16.max() == 255 and gray16.min() == 0  # rescaled, not clipped
-    dm = WCLDataModule("imagefolder", str(root), batch_size=4, num_workers=0,
+    dm = WCLDataModule(dataset="imagefolder", root=str(root), batch_size=4, num_workers=0,
                        augment=Augmentations(crop_size=8))
     assert dm.num_classes == 2
     assert next(iter(dm.train_dataloader()))["views"][0].shape == (4, 3, 8, 8)
@@ -61,31 +62,31 @@ def test_imagefolder_and_image_modes(tmp_path):
 
 def test_missing_root_names_path_and_layout(tmp_path):
     with pytest.raises(DataError, match=r"does not exist.*train/<class>"):
-        WCLDataModule("imagefolder", str(tmp_path / "nope"))
+        WCLDataModule(dataset="imagefolder", root=str(tmp_path / "nope"))
     with pytest.raises(DataError, match="needs --data.root"):
-        WCLDataModule("cifar10")
+        WCLDataModule(dataset="cifar10")
 
 
 def test_root_without_train(tmp_path):
     (tmp_path / "val").mkdir()
     with pytest.raises(DataError, match="has no train/ folder"):
-        WCLDataModule("imagefolder", str(tmp_path))
+        WCLDataModule(dataset="imagefolder", root=str(tmp_path))
 
 
 def test_empty_class_folder(tmp_path):
     root = _folder(tmp_path)
     (root / "train" / "empty").mkdir()
     with pytest.raises(DataError, match="remove empty class folders"):
-        WCLDataModule("imagefolder", str(root))
+        WCLDataModule(dataset="imagefolder", root=str(root))
 
 
 def test_corrupt_image_is_named(tmp_path):
     root = _folder(tmp_path)
     bad = root / "train" / "a" / "9.jpg"
     bad.write_bytes(b"not an image")
-    dm = WCLDataModule("imagefolder", str(root), batch_size=2, num_workers=0)
-    ds = dm.train_dataset()
-    idx = [i for i, (p, _) in enumerate(dm.splits.pretrain.samples) if p.endswith("9.jpg")][0]
+    dm = WCLDataModule(dataset="imagefolder", root=str(root), batch_size=2, num_workers=0)
+    ds = dm.train_dataloader().dataset
+    idx = [i for i, (p, _) in enumerate(dm.source.pretrain.samples) if p.endswith("9.jpg")][0]
     with pytest.raises(DataError, match=r"cannot decode image .*9\.jpg"):
         ds[idx]
 
@@ -96,10 +97,14 @@ def test_batch_size_below_two():
 
 
 def test_augmentation_validation():
-    with pytest.raises(ValueError, match="blur_prob"):
+    with pytest.raises(ConfigError, match="augment.blur_prob"):
         Augmentations(blur_prob=1.5)
-    with pytest.raises(ValueError, match="crop_scale"):
+    with pytest.raises(ConfigError, match="augment.crop_scale"):
         Augmentations(crop_scale=(0.5, 0.2))
+    with pytest.raises(ConfigError, match="augment.crop_size"):
+        Augmentations(crop_size=0)
+    with pytest.raises(ConfigError, match="augment.std"):
+        Augmentations(std=(0.2, 0.0, 0.2))
 
 
 def test_training_set_smaller_than_batch():
@@ -109,6 +114,109 @@ def test_training_set_smaller_than_batch():
 
 
 def test_shared_cifar10_imagefolder(cifar10_root):
-    dm = WCLDataModule("cifar10", str(cifar10_root), batch_size=4, num_workers=0)
+    dm = WCLDataModule(dataset="cifar10", root=str(cifar10_root), batch_size=4, num_workers=0)
     assert dm.num_classes == 10
-    assert len(dm.splits.pretrain) == 50_000 and len(dm.splits.val) == 10_000
+    assert len(dm.source.pretrain) == 50_000 and len(dm.source.split("val")) == 10_000
+
+
+def test_single_class_folder_is_unlabelled(tmp_path):
+    root = _folder(tmp_path, classes=("all",), per_class=6)
+    dm = WCLDataModule(dataset="imagefolder", root=str(root), batch_size=4, num_workers=0,
+                       augment=Augmentations(crop_size=8))
+    assert dm.num_classes is None and (dm.source.labels("pretrain") == -1).all()
+    assert (next(iter(dm.train_dataloader()))["label"] == -1).all() and dm.val_dataloader() == []
+
+
+def test_epoch_sampler_order_resume_and_state():
+    from wcl.data.sampling import EpochSampler
+
+    s = EpochSampler(50, batch_size=8, seed=3)
+    s.set_epoch(2)
+    full = list(s)
+    assert len(full) == 48 and len(set(full)) == 48 and s.num_batches == 6
+    g = torch.Generator().manual_seed(3 + 2)
+    assert full == torch.randperm(50, generator=g).tolist()[:48]  # DistributedSampler's order, one process
+    s.position = 4  # four batches trained on; a checkpoint is written
+    resumed = EpochSampler(50, batch_size=8, seed=3)
+    resumed.load_state_dict(s.state_dict())
+    assert resumed.epoch == 2 and list(resumed) == full[32:]
+    resumed.set_epoch(3)  # the next epoch starts from its first batch
+    assert resumed.position == 0 and len(list(resumed)) == 48
+    s.position = 6  # saved after the epoch's last batch: resumes at the start of the next epoch
+    after = EpochSampler(50, batch_size=8, seed=3)
+    after.load_state_dict(s.state_dict())
+    assert (after.epoch, after.position) == (3, 0)
+
+
+def test_device_path_batches_become_views_and_crops():
+    dm = WCLDataModule(batch_size=8, num_workers=0, train_per_class=3, augment_on="device", num_small_crops=2,
+                       small_crop_source="self")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["raw"].dtype == torch.uint8 and batch["crops_raw"].shape == (8, 2, 3, 32, 32)
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert [tuple(v.shape) for v in out["views"]] == [(8, 3, 32, 32)] * 2
+    assert [tuple(v.shape) for v in out["small"]] == [(8, 3, 16, 16)] * 2
+    assert not torch.equal(out["views"][0], out["views"][1]) and "raw" not in out
+    val = next(iter(dm.val_dataloader()))
+    assert dm.on_after_batch_transfer(val, 0) is val  # evaluation batches (float images) are left alone
+
+
+@pytest.mark.parametrize("augment_on", ["cpu", "device"])
+def test_in_memory_images_equal_the_files(augment_on):
+    dm = WCLDataModule(batch_size=4, num_workers=0, train_per_class=2, val_per_class=2, in_memory=True,
+                       augment_on=augment_on)
+    base = dm.source.pretrain
+    mem = dm.source.memory("pretrain")
+    assert mem.images.shape == (20, 3, 32, 32) and mem.images.dtype == torch.uint8
+    for i in (0, 7, 19):
+        assert np.array_equal(np.asarray(mem[i][0]), np.asarray(base[i][0])) and mem[i][1] == base[i][1]
+    # in-memory evaluation batches give the evaluation view of the files exactly
+    files = next(iter(WCLDataModule(num_workers=0, val_per_class=2, eval_batch_size=20).val_dataloader()))
+    memory = next(iter(dm.val_dataloader()))
+    memory = dm.on_after_batch_transfer(memory, 0)
+    order = torch.argsort(memory["index"])
+    torch.testing.assert_close(memory["image"][order], files["image"], atol=1e-6, rtol=0)
+
+
+def test_in_memory_device_batches_are_index_slices():
+    from wcl.data.crops import NeighborTable
+
+    dm = WCLDataModule(batch_size=8, num_workers=0, train_per_class=3, augment_on="device", in_memory="device",
+                       num_small_crops=2)
+    table = NeighborTable(30, 3)
+    table.update(torch.randint(0, 30, (30, 3)), epoch=0)
+    dm.crops.attach(table)
+    loader = dm.train_dataloader()
+    assert not isinstance(loader, torch.utils.data.DataLoader) and len(loader) == 3
+    batch = next(iter(loader))
+    images = dm.source.memory("pretrain").images
+    assert torch.equal(batch["raw"], images[batch["index"]])
+    for c in range(2):
+        src = batch["crop_source"][:, c]
+        assert torch.equal(batch["crops_raw"][:, c], images[src])
+        assert bool((table.table[batch["index"]] == src[:, None]).any(1).all())  # one of the sample's neighbours
+
+
+def test_images_on_device_need_the_device_augmentation():
+    with pytest.raises(ConfigError, match="augment_on: device"):
+        WCLDataModule(num_workers=0, train_per_class=2, in_memory="device")
+
+
+def test_neighbour_crops_without_the_callback_fail_before_training():
+    dm = WCLDataModule(batch_size=4, num_workers=0, train_per_class=2, num_small_crops=2)
+    with pytest.raises(ConfigError, match="KnnMultiCrop"):
+        dm.train_dataloader()
+
+
+@pytest.mark.parametrize("augment_on", ["cpu", "device"])
+def test_augmentation_warmup_uses_moco_v2_first(augment_on):
+    dm = WCLDataModule(batch_size=4, num_workers=0, train_per_class=2, augment_on=augment_on,
+                       augment_warmup_epochs=2)
+    assert dm.views(0).crop_scale == (0.2, 1.0) and dm.views(1).jitter() == (0.4, 0.4, 0.4, 0.1)
+    assert dm.views(2) is dm.augment
+    ds = dm.train_dataloader().dataset
+    if augment_on == "cpu":
+        rrc = [ds.views(e).transforms[0] for e in (0, 2)]
+        assert rrc[0].scale == (0.2, 1.0) and rrc[1].scale == dm.augment.crop_scale
+    else:
+        assert dm._batched(1)[0].aug.crop_scale == (0.2, 1.0) and dm._batched(2)[0].aug is dm.augment

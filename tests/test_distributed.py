@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -51,25 +52,25 @@ def _data():
     return x1, x2, small  # small: sample × crop × DIM
 
 
-def _loss(net, x1, x2, small, weak_weight, crops):
+def _loss(net, x1, x2, small, weak_weight, crops, candidates_grad=True):
     b = x1.shape[0]
     xs = small.transpose(0, 1).reshape(-1, DIM)  # crop-major, as the module concatenates them
     z1, z2, v1, v2, zs, vs = net(x1, x2, xs)
     owner = torch.arange(b).repeat(CROPS) if crops else None
     zs, vs = (zs, vs) if crops else (None, None)
-    nce = NTXentLoss(0.2)(z1, z2, zs, owner)
-    weak, l1, l2 = WeakLabelLoss(0.2, "scipy")(v1, v2, vs, owner)
+    nce = NTXentLoss(0.2, candidates_grad)(z1, z2, zs, owner)
+    weak, l1, l2 = WeakLabelLoss(0.2, "scipy", candidates_grad)(v1, v2, vs, owner)
     return nce + weak_weight * weak, nce, weak, l1, l2
 
 
-def _worker(rank: int, port: int, weak_weight: float, crops: bool, out: dict) -> None:
+def _worker(rank: int, port: int, weak_weight: float, crops: bool, out: dict, candidates_grad: bool = True) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         net = DistributedDataParallel(_Net().double())
         x1, x2, small = _data()
         sl = slice(rank * B, (rank + 1) * B)
-        loss, nce, weak, l1, l2 = _loss(net, x1[sl], x2[sl], small[sl], weak_weight, crops)
+        loss, nce, weak, l1, l2 = _loss(net, x1[sl], x2[sl], small[sl], weak_weight, crops, candidates_grad)
         loss.backward()
         out[rank] = {
             "loss": loss.item(), "nce": nce.item(), "weak": weak.item(), "labels": (l1.tolist(), l2.tolist()),
@@ -105,6 +106,83 @@ def test_two_ranks_equal_one_rank_with_global_batch(weak_weight, crops):
     assert ranks[0]["nce"] != pytest.approx(ranks[1]["nce"], abs=1e-9)
 
 
+def _official_step(net: nn.Module) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The official code's losses and gradient, written out after its ``network/wcl.py`` (not with wcl's loss
+    functions): rank r scores [f1; f2] of its own samples against [f1; f2; other ranks' f1; f2] with the diagonal
+    removed (cross-entropy), and its phi-features against the gathered batch whose other ranks' rows are constants,
+    with masks of the 1-NN graph's components (scipy) and the diagonal removed; DDP averages the ranks' gradients.
+    Returns each rank's total loss and the averaged gradient."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    t = 0.2
+    x1, x2, small = _data()
+    z1, z2, v1, v2, _, _ = net(x1, x2, small[:, 0])
+    z1, z2, v1, v2 = (torch.nn.functional.normalize(x, dim=1) for x in (z1, z2, v1, v2))
+
+    def mask_of(feats: torch.Tensor) -> torch.Tensor:
+        dist = feats @ feats.T - 2 * torch.eye(len(feats), dtype=feats.dtype)
+        y = dist.topk(1, dim=1).indices.flatten().numpy()
+        x = np.arange(len(feats))
+        graph = csr_matrix((np.ones(2 * len(x)), (np.concatenate([x, y]), np.concatenate([y, x]))),
+                           shape=(len(x), len(x)))
+        labels = torch.as_tensor(connected_components(graph, directed=False)[1])
+        return (labels[:, None] == labels[None, :]).to(feats.dtype)
+
+    def sup_contra(logits, mask, diagonal):  # noqa: ANN001
+        mask, exp = mask * (1 - diagonal), torch.exp(logits) * (1 - diagonal)
+        log_prob = logits - torch.log(exp.sum(1, keepdim=True))
+        return (-(mask * log_prob).sum(1) / mask.sum(1)).mean()
+
+    mask1, mask2 = mask_of(v1.detach()), mask_of(v2.detach())
+    grads = {k: torch.zeros_like(p) for k, p in net.named_parameters()}
+    losses = []
+    for r in range(WORLD):
+        own = slice(r * B, (r + 1) * B)
+        keep = torch.ones(WORLD * B, dtype=torch.bool)
+        keep[own] = False
+        other1, other2 = z1.detach()[keep], z2.detach()[keep]
+        f = torch.cat([z1[own], z2[own]])
+        prob = f @ torch.cat([f, other1, other2]).T / t
+        offdiag = ~torch.eye(prob.shape[0], prob.shape[1], dtype=torch.bool)
+        logits = prob[offdiag].view(prob.shape[0], -1)
+        target = torch.cat([torch.arange(B - 1, 2 * B - 1), torch.arange(0, B)])
+        nce = torch.nn.functional.cross_entropy(logits, target)
+        all1, all2 = torch.where(~keep[:, None], v1, v1.detach()), torch.where(~keep[:, None], v2, v2.detach())
+        diagonal = torch.eye(WORLD * B, dtype=v1.dtype)[own]
+        graph = (sup_contra(v1[own] @ all1.T / t, mask2[own], diagonal)
+                 + sup_contra(v2[own] @ all2.T / t, mask1[own], diagonal)) / 2
+        losses.append(float(nce + graph))
+        names = [k for k, _ in net.named_parameters()]
+        for k, g in zip(names, torch.autograd.grad(nce + graph, list(net.parameters()), retain_graph=True),
+                        strict=True):
+            grads[k] += g / WORLD
+    return losses, grads
+
+
+def test_candidates_without_grad_equal_the_official_gradient():
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_worker, args=(_free_port(), 1.0, False, out, False), nprocs=WORLD, join=True)
+        ranks = dict(out)
+    official_losses, reference = _official_step(_Net().double())
+    for r, rank_out in ranks.items():  # the same loss values as the official formulas, rank by rank
+        assert rank_out["loss"] == pytest.approx(official_losses[r], rel=1e-9)
+    net = _Net().double()  # with gradient through every candidate: the single-process global-batch gradient
+    x1, x2, small = _data()
+    _loss(net, x1, x2, small, 1.0, False)[0].backward()
+    for name, ref in reference.items():
+        for r in ranks.values():
+            torch.testing.assert_close(r["grads"][name], ref, rtol=1e-6, atol=1e-10)
+    differs = max(float((reference[k] - p.grad).abs().max()) for k, p in net.named_parameters())
+    assert differs > 1e-4  # on two ranks the two switches really give different gradients
+    # on one process the switch changes nothing: every candidate is this process's own
+    single = _Net().double()
+    _loss(single, x1, x2, small, 1.0, False, candidates_grad=False)[0].backward()
+    for k, p in single.named_parameters():
+        torch.testing.assert_close(p.grad, dict(net.named_parameters())[k].grad)
+
+
 def _gather_worker(rank: int, port: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -137,7 +215,7 @@ def _ddp_cli(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml", *extra,
          "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
          "--data.batch_size", "16", "--trainer.enable_progress_bar", "false",
-         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)],
+         "--trainer.default_root_dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
 

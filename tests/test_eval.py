@@ -4,7 +4,8 @@ import torchvision
 
 from wcl import WCL, LabelledDataModule
 from wcl.cli import main
-from wcl.data.datasets import build_splits, class_balanced_fraction, targets_of
+from wcl.data.datasets import build_splits, targets_of
+from wcl.data.subsets import class_balanced_fraction
 from wcl.errors import ConfigError, DataError
 from wcl.eval.checkpoint import load_backbone
 from wcl.export import export_backbone
@@ -25,7 +26,7 @@ def pretrained(tmp_path_factory):
     """A short quickstart pretraining (2 epochs on the bundled data) through the CLI."""
     out = tmp_path_factory.mktemp("pretrain")
     main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.max_epochs", "2",
-          "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+          "--trainer.default_root_dir", str(out),
           "--trainer.enable_progress_bar", "false", "--model.knn_every_n_epochs", "0"])
     return next(out.rglob("last.ckpt"))
 
@@ -33,7 +34,7 @@ def pretrained(tmp_path_factory):
 def _probe(ckpt, out, capsys):
     main(["fit", "--config", str(ROOT / "configs" / "linear" / "quickstart.yaml"), "--model.checkpoint", str(ckpt),
           "--trainer.max_epochs", "15", "--trainer.default_root_dir", str(out),
-          "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar", "false"])
+          "--trainer.enable_progress_bar", "false"])
     text = capsys.readouterr().out
     return float(text.split("wcl: final val/top1 = ")[1].split()[0])
 
@@ -48,7 +49,7 @@ def test_probe_of_pretrained_beats_random_init(pretrained, tmp_path, capsys):
 def test_finetune_writes_labelled_subset(pretrained, tmp_path, capsys):
     main(["fit", "--config", str(ROOT / "configs" / "finetune" / "quickstart_10pct.yaml"),
           "--model.checkpoint", str(pretrained), "--trainer.max_epochs", "1", "--data.val_per_class", "10",
-          "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.default_root_dir", str(tmp_path),
           "--trainer.enable_progress_bar", "false"])
     assert "wcl: final val/top1" in capsys.readouterr().out
     names = next(tmp_path.rglob("labelled_subset.txt")).read_text().split()
@@ -112,3 +113,17 @@ def test_export_loads_into_torchvision_strict(name, tmp_path):
     tv.eval(), model.eval()
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(tv(x), model.backbone(x))
+
+
+def test_linear_probe_lr_per_256_images(pretrained, tmp_path):
+    from lightning.pytorch import Trainer
+
+    from wcl import LinearProbe
+
+    dm = LabelledDataModule(batch_size=128, num_workers=0, train_per_class=20, val_per_class=2, train_augment="none")
+    probe = LinearProbe(str(pretrained), num_classes=10, lr=0.2, lr_scaling="linear")
+    trainer = Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                      default_root_dir=tmp_path)
+    trainer.fit(probe, dm)
+    assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.2 * 128 / 256)

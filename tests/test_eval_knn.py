@@ -18,3 +18,48 @@ def test_k_larger_than_bank_and_chunks():
     q = torch.randn(7, 4)
     torch.testing.assert_close(knn_predict(q, bank, labels, 3, k=200, chunk_size=2),
                                knn_predict(q, bank, labels, 3, k=5))
+
+
+def _sharded_worker(rank: int, port: int, out: dict) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from wcl.distributed import destroy_process_group
+    from wcl.eval.knn import ShardedKnn
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        bank, labels, queries, qlabels = _knn_data()
+        scorer = ShardedKnn(k=7, temperature=0.2, chunk_size=4)
+        scorer.add_bank(bank[rank::2], labels[rank::2])  # each rank holds half of the bank
+        # queries split unevenly, with a repeat (as a padded distributed sampler does)
+        mine = torch.arange(0, 6) if rank == 0 else torch.tensor([6, 7, 8, 9, 0])
+        scorer.add_queries(mine, queries[mine], qlabels[mine])
+        out[rank] = {k: float(v) for k, v in scorer.accuracy(num_classes=5).items()}
+    finally:
+        destroy_process_group()
+
+
+def _knn_data():
+    g = torch.Generator().manual_seed(0)
+    bank, labels = torch.randn(40, 6, generator=g), torch.randint(0, 5, (40,), generator=g)
+    queries = bank[:10] + 0.3 * torch.randn(10, 6, generator=g)
+    return bank, labels, queries, labels[:10]
+
+
+def test_bank_sharded_over_two_ranks_equals_one_process():
+    import torch.multiprocessing as mp
+
+    from tests.test_distributed import _free_port
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_sharded_worker, args=(_free_port(), out), nprocs=2, join=True)
+        ranks = dict(out)
+    bank, labels, queries, qlabels = _knn_data()
+    scores = knn_predict(queries, bank, labels, 5, k=7, temperature=0.2)
+    top1 = float((scores.argmax(1) == qlabels).float().mean())
+    top5 = float((scores.topk(5, dim=1).indices == qlabels[:, None]).any(1).float().mean())
+    assert ranks[0] == ranks[1] == {"top1": top1, "top5": top5}

@@ -141,3 +141,36 @@ def test_weak_label_loss_with_small_crops_hand_computed():
     ref = 0.5 * (direction(v1, y2) + direction(v2, y1))
     got = weak_label_loss(v1, v2, tau, small=small, small_owner=owner)
     assert got.item() == pytest.approx(ref, rel=1e-10)
+
+
+def test_crop_weighting_term_averages_view_and_crop_anchors_separately():
+    g = torch.Generator().manual_seed(4)
+    z1, z2, small = (torch.randn(n, 5, generator=g, dtype=torch.float64) for n in (4, 4, 12))
+    owner = torch.arange(4).repeat(3)
+    views_only = nt_xent_loss(z1, z2, 0.3)
+    ids = torch.arange(4)
+    crops_only = contrastive_loss(small, torch.cat([z1, z2]), owner, torch.cat([ids, ids]),
+                                  torch.full((12,), -1), 0.3)
+    term = nt_xent_loss(z1, z2, 0.3, small=small, small_owner=owner, crop_weighting="term")
+    assert term.item() == pytest.approx(0.5 * views_only.item() + 0.5 * crops_only.item(), rel=1e-7)
+    anchor = nt_xent_loss(z1, z2, 0.3, small=small, small_owner=owner)  # every anchor alike: 8 views, 12 crops
+    assert anchor.item() == pytest.approx((8 * views_only.item() + 12 * crops_only.item()) / 20, rel=1e-7)
+    weak_term = weak_label_loss(z1, z2, 0.3, small=small, small_owner=owner, crop_weighting="term")
+    assert weak_term.item() != pytest.approx(weak_label_loss(z1, z2, 0.3, small=small, small_owner=owner).item())
+
+
+@pytest.mark.parametrize("crop_losses", ["nce", "weak", "both"])
+def test_crops_enter_only_the_losses_they_are_given_to(crop_losses):
+    from wcl import WCL
+
+    torch.manual_seed(0)
+    model = WCL(backbone="resnet18", width=4, cifar_stem=True, proj_hidden_dim=16, proj_out_dim=8,
+                weak_hidden_dim=16, weak_out_dim=8, crop_losses=crop_losses, knn_every_n_epochs=0)
+    g = torch.Generator().manual_seed(1)
+    batch = {"views": [torch.randn(8, 3, 8, 8, generator=g) for _ in range(2)], "index": torch.arange(8),
+             "label": torch.zeros(8, dtype=torch.long)}
+    plain = model.training_step(dict(batch), 0)["terms"]
+    crops = model.training_step({**batch, "small": [torch.randn(8, 3, 4, 4, generator=g)]}, 0)["terms"]
+    for term, enters in (("loss_nce", crop_losses != "weak"), ("loss_weak", crop_losses != "nce")):
+        same = torch.allclose(plain[term], crops[term])
+        assert same != enters, term

@@ -7,7 +7,7 @@ from wcl import WCL
 from wcl.errors import NonFiniteLossError
 
 TINY = dict(backbone="resnet18", width=4, cifar_stem=True, proj_hidden_dim=16, proj_out_dim=8, weak_hidden_dim=16,
-            weak_out_dim=8, num_classes=3, knn_every_n_epochs=0)
+            weak_out_dim=8, num_classes=3)
 
 
 def _batch(b=8, seed=0, nan=False):
@@ -18,10 +18,45 @@ def _batch(b=8, seed=0, nan=False):
     return {"views": [x1, x2], "index": torch.arange(b), "label": torch.arange(b) % 3}
 
 
-def test_non_finite_loss_names_step_and_term():
+class _NaNAt(Dataset):
+    """Random two-view samples; every image of step ``bad_step`` is NaN."""
+
+    def __init__(self, n, batch_size, bad_step):
+        self.n, self.bad = n, range(bad_step * batch_size, (bad_step + 1) * batch_size)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        x1, x2 = torch.randn(3, 8, 8, generator=g), torch.randn(3, 8, 8, generator=g)
+        if i in self.bad:
+            x1 = torch.full_like(x1, float("nan"))
+        return {"views": [x1, x2], "index": i, "label": i % 3}
+
+
+def test_non_finite_loss_is_caught_at_the_next_check_and_never_saved(tmp_path):
+    from wcl.callbacks import Checkpoint
+
+    loader = DataLoader(_NaNAt(8 * 10, 8, bad_step=3), batch_size=8)  # 10 steps per epoch, NaN at step 3
+    trainer = Trainer(accelerator="cpu", max_epochs=2, log_every_n_steps=5, default_root_dir=tmp_path, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[Checkpoint(dirpath=str(tmp_path), every_n_train_steps=2)])
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3 in loss_nce.*detected at step [45]"):
+        trainer.fit(WCL(**TINY, optimizer="sgd", lr_scaling="none", warmup_epochs=0), loader)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2  # the step-4 checkpoint was refused: the last good one stays
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+
+
+def test_online_classifier_stays_in_the_graph_without_labels():
     model = WCL(**TINY)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 0 .*loss_nce"):
-        model.training_step(_batch(nan=True), 0)
+    batch = _batch()
+    batch["label"] = torch.full_like(batch["label"], -1)
+    out = model.training_step(batch, 0)
+    assert out["terms"]["online_linear_loss"].item() == 0.0
+    out["loss"].backward()
+    assert model.classifier.weight.grad is not None  # DDP would otherwise find an unused parameter
 
 
 class _Frozen(WCL):
@@ -35,37 +70,42 @@ class _Frozen(WCL):
 
 
 class _Fixed(Dataset):
-    def __init__(self, n):
+    def __init__(self, n, odd_unlabelled=False):
         g = torch.Generator().manual_seed(3)
         self.x1 = torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64)
         self.x2 = self.x1 + 0.5 * torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64)
+        self.odd_unlabelled = odd_unlabelled
 
     def __len__(self):
         return len(self.x1)
 
     def __getitem__(self, i):
-        return {"views": [self.x1[i], self.x2[i]], "index": i, "label": i % 3}
+        return {"views": [self.x1[i], self.x2[i]], "index": i, "label": -1 if self.odd_unlabelled and i % 2 else i % 3}
 
 
 class _FixedData(LightningDataModule):
-    def __init__(self, batch_size, n):
+    def __init__(self, batch_size, n, odd_unlabelled=False):
         super().__init__()
-        self.batch_size, self.n = batch_size, n
+        self.batch_size, self.n, self.odd_unlabelled = batch_size, n, odd_unlabelled
 
     def train_dataloader(self):
-        return DataLoader(_Fixed(self.n), batch_size=self.batch_size, shuffle=False)
+        ds = _Fixed(self.n, self.odd_unlabelled)
+        if self.odd_unlabelled and torch.distributed.is_initialized():  # rank 1 gets the odd (unlabelled) samples
+            sampler = torch.utils.data.DistributedSampler(ds, shuffle=False)
+            return DataLoader(ds, batch_size=self.batch_size, sampler=sampler)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False)
 
 
-def _one_step(devices: int, batch_size: int, weak_weight: float, path) -> dict:
+def _one_step(devices: int, batch_size: int, weak_weight: float, path, num_classes=None, odd_unlabelled=False) -> dict:
     torch.manual_seed(0)
-    model = _Frozen(**{**TINY, "num_classes": None}, weak_weight=weak_weight, optimizer="sgd", base_lr=1.0,
+    model = _Frozen(**{**TINY, "num_classes": num_classes}, weak_weight=weak_weight, optimizer="sgd", base_lr=1.0,
                     lr_scaling="none", momentum=0.0, weight_decay=0.0, warmup_epochs=0, channels_last=False)
     model = model.double()  # ddp_spawn loads the trained weights back into this model: keep them float64
     start = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
                       precision="64-true", max_steps=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(model, _FixedData(batch_size, 2 * 6))
+    trainer.fit(model, _FixedData(batch_size, 2 * 6, odd_unlabelled))
     # ddp_spawn copies the trained weights back into this process's model.
     end = model.state_dict()
     return {k: start[k] - end[k] for k in start if end[k].is_floating_point()}
@@ -83,6 +123,18 @@ def test_lightning_ddp_two_ranks_equal_one_rank(weak_weight, tmp_path):
     assert moved > 10
 
 
+def test_ddp_rank_with_no_labelled_sample_keeps_the_online_classifier_in_the_graph(tmp_path):
+    """STL-10-like data: rank 1's whole batch is unlabelled (the distributed sampler gives it the odd indices). DDP
+    must still reduce the classifier's gradient (before, the classifier left rank 1's graph and the step failed)."""
+    single = _one_step(1, 12, 1.0, tmp_path, num_classes=3, odd_unlabelled=True)
+    ddp = _one_step(2, 6, 1.0, tmp_path, num_classes=3, odd_unlabelled=True)
+    assert float(single["classifier.weight"].abs().max()) > 0
+    # The online loss is a per-rank mean over labelled samples; DDP averages it over ranks, so the classifier's
+    # gradient is half the single-process one here (rank 1 has none); the backbone never sees it (detached input).
+    torch.testing.assert_close(ddp["classifier.weight"], single["classifier.weight"] / 2, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(ddp["backbone.conv1.weight"], single["backbone.conv1.weight"], rtol=1e-5, atol=1e-8)
+
+
 def test_compiled_backbone_trains_and_keeps_checkpoint_keys(monkeypatch):
     calls = []
     real_compile = torch.compile
@@ -94,9 +146,12 @@ def test_compiled_backbone_trains_and_keeps_checkpoint_keys(monkeypatch):
     monkeypatch.setattr(torch, "compile", eager_compile)
     torch.manual_seed(0)
     plain = WCL(**TINY)
+    plain.setup("fit")
+    assert calls == []  # auto: eager on the CPU
     torch.manual_seed(0)
     compiled = WCL(**TINY, compile_backbone=True, compile_mode="max-autotune")
-    assert calls == [{"mode": "max-autotune"}]
+    compiled.setup("fit")
+    assert calls == [{"mode": "max-autotune", "dynamic": False}]
     assert list(compiled.state_dict()) == list(plain.state_dict())
     x = _batch()["views"][0]
     torch.testing.assert_close(compiled(x), plain(x))

@@ -55,3 +55,21 @@ def test_warmup_cosine():
 def test_build_optimizer(name, cls):
     net = nn.Linear(3, 2)
     assert isinstance(build_optimizer(name, param_groups({"n": net}, 1e-4), 0.1, 0.9, 1e-4), cls)
+
+
+def test_lars_clip_caps_each_layers_step_at_the_learning_rate():
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))  # ‖w‖ = 5
+    v = nn.Parameter(torch.tensor([3.0, 4.0]))
+    opt = LARS([{"params": [w, v], "lars_exclude": False, "weight_decay": 0.0}], lr=0.1, momentum=0.0, eta=0.02,
+               clip=True)
+    w.grad = torch.tensor([0.0, 0.5])  # trust = 0.02·5/0.5 = 0.2 > lr: the factor is min(0.2 / 0.1, 1) = 1
+    v.grad = torch.tensor([0.0, 10.0])  # trust = 0.01 < lr: the factor is 0.1, the step lr·0.1·g
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.tensor([3.0, 4.0 - 0.1 * 0.5]))
+    torch.testing.assert_close(v.detach(), torch.tensor([3.0, 4.0 - 0.1 * 0.1 * 10.0]))
+
+
+def test_exclusion_of_biases_and_norms_can_be_turned_off():
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    decay, excluded = param_groups({"net": net}, weight_decay=0.1, exclude_bias_norm=False)
+    assert len(decay["params"]) == 4 and not excluded["params"]

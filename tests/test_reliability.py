@@ -24,10 +24,21 @@ def _args(out: Path, *extra: str) -> list[str]:
     """A 2-epoch multi-crop run on 60 bundled images, 3 steps per epoch."""
     return ["fit", "--config", "configs/quickstart.yaml", "--config", "configs/multicrop.yaml",
             "--trainer.max_epochs", "2", "--trainer.deterministic", "true",
-            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-            "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0",
-            "--data.train_per_class", "6", "--data.batch_size", "20", "--data.num_workers", "2",
-            "--model.knn_every_n_epochs", "0", *extra]
+            "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
+            "--trainer.limit_val_batches", "0", "--data.train_per_class", "6", "--data.batch_size", "20",
+            "--data.num_workers", "2", *extra]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two runs' last checkpoints hold the same weights, neighbour table and feature bank."""
+    a, b = (torch.load(p / "checkpoints" / "last.ckpt", weights_only=False) for p in (a, b))
+    assert a["global_step"] == b["global_step"] == 6
+    for key, value in a["state_dict"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    (ka, sa), (kb, sb) = ((next((k, v) for k, v in c["callbacks"].items() if "KnnMultiCrop" in k)) for c in (a, b))
+    assert torch.equal(sa["table"], sb["table"]) and sa["epoch"] == sb["epoch"] == 1
+    assert torch.equal(sa["bank"]["features"], sb["bank"]["features"])
 
 
 def test_run_killed_in_epoch_two_resumes_exactly(tmp_path, monkeypatch):
@@ -40,53 +51,68 @@ def test_run_killed_in_epoch_two_resumes_exactly(tmp_path, monkeypatch):
     assert killed.returncode == -9
     assert torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
     main(_args(tmp_path / "killed", "--ckpt_path", "last"))
-    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert a["global_step"] == b["global_step"] == 6
-    for key, value in a["state_dict"].items():
-        if value.is_floating_point():
-            torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
-    assert torch.equal(a["WCLDataModule"]["neighbor_table"]["table"], b["WCLDataModule"]["neighbor_table"]["table"])
+    _same_run(tmp_path / "straight", tmp_path / "killed")
 
 
-def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    from lightning.pytorch import Trainer
+@pytest.mark.parametrize("path", [[], ["--data.augment_on", "device", "--data.in_memory", "device"]],
+                         ids=["cpu", "device"])
+def test_run_preempted_mid_epoch_resumes_with_the_same_batches_crops_and_table(tmp_path, path):
+    """SIGTERM after step 4 (epoch 2, batch 1 of 3) saves last.ckpt mid-epoch; the resumed run trains on exactly
+    the remaining batches of that epoch, with the same crops, and ends where an uninterrupted run ends."""
+    def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        record = ["--trainer.callbacks+=tests.helpers.RecordBatches", f"--trainer.callbacks.path={out}.log"]
+        return subprocess.run([sys.executable, "-m", "wcl", *_args(out, *path, *record, *extra)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
 
-    from wcl.callbacks import Checkpoint
+    assert run(tmp_path / "straight").returncode == 0
+    first = run(tmp_path / "preempted", "--trainer.callbacks+=tests.helpers.SignalAtStep", "--trainer.callbacks.step=4")
+    assert first.returncode == 143 and "wcl: interrupted at step 4" in first.stdout, first.stderr[-2000:]
+    second = run(tmp_path / "preempted", "--ckpt_path", "last")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "not resumable" not in second.stderr
+    straight = (tmp_path / "straight.log").read_text().splitlines()
+    resumed = (tmp_path / "preempted.log").read_text().splitlines()
+    assert len(resumed) == 6 and resumed == straight  # steps 0-3, then 4-5 after the resume
+    _same_run(tmp_path / "straight", tmp_path / "preempted")
 
-    monkeypatch.chdir(ROOT)
-    main(_args(tmp_path, "--trainer.max_epochs", "1"))
-    last = tmp_path / "checkpoints" / "last.ckpt"
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path):
+    from lightning.fabric.plugins import TorchCheckpointIO
+
+    from wcl.callbacks import AtomicCheckpointIO
+
+    last = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO(TorchCheckpointIO())
+    io.save_checkpoint({"step": 1}, last)
     before = last.read_bytes()
-    trainer = Trainer(default_root_dir=tmp_path, logger=False)
-    cb = Checkpoint(dirpath=str(tmp_path / "checkpoints"))
 
-    def dies_mid_write(path, *args, **kwargs):
-        Path(path).write_bytes(b"partial")
-        raise KeyboardInterrupt("killed while saving")
+    class DiesMidWrite(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            Path(path).write_bytes(b"partial")
+            raise KeyboardInterrupt("killed while saving")
 
-    monkeypatch.setattr(trainer, "save_checkpoint", dies_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        cb._save_checkpoint(trainer, str(last))
-    assert last.read_bytes() == before
-    assert not Path(f"{last}.tmp").exists()
-    torch.load(last, weights_only=False)  # still a valid checkpoint
+        AtomicCheckpointIO(DiesMidWrite()).save_checkpoint({"step": 2}, last)
+    assert last.read_bytes() == before and not Path(f"{last}.tmp").exists()
+    assert torch.load(last, weights_only=False) == {"step": 1}  # still the previous, valid checkpoint
 
 
-def test_sigterm_saves_and_resume_continues(tmp_path):
+def test_sigterm_saves_exits_143_and_resume_continues(tmp_path):
     cmd = [sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs", "3",
-           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-           "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0",
-           "--data.train_per_class", "10", "--data.batch_size", "20", "--data.num_workers", "0",
-           "--model.knn_every_n_epochs", "0"]
+           "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+           "--trainer.limit_val_batches", "0", "--data.train_per_class", "10", "--data.batch_size", "20",
+           "--data.num_workers", "0"]
     first = subprocess.run([*cmd, "--trainer.callbacks+=tests.helpers.SignalAtStep", "--trainer.callbacks.step=7"],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert "wcl: interrupted at step 7" in first.stdout, first.stdout[-2000:] + first.stderr[-2000:]
+    assert first.returncode == 128 + 15, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "wcl: interrupted at step 7" in first.stdout
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 7
     second = subprocess.run([*cmd, "--ckpt_path", "last"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("last-")]  # no last-v1
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 15
+    assert "training throughput 0 images/s" not in second.stdout and "training throughput" in second.stdout
 
 
 def test_wrong_type_for_a_key(capsys):
@@ -111,26 +137,26 @@ def _folder(root: Path, size: int, corrupt: int = 0) -> Path:
 
 
 def test_images_smaller_than_the_crop(tmp_path):
-    dm = WCLDataModule("imagefolder", str(_folder(tmp_path, 8)), batch_size=4, num_workers=0,
+    dm = WCLDataModule(dataset="imagefolder", root=str(_folder(tmp_path, 8)), batch_size=4, num_workers=0,
                        augment=Augmentations(crop_size=32))
     assert next(iter(dm.train_dataloader()))["views"][0].shape == (4, 3, 32, 32)
-    assert next(iter(dm.val_dataloader()[1]))["image"].shape == (8, 3, 32, 32)
+    assert next(iter(dm.val_dataloader()))["image"].shape == (8, 3, 32, 32)
 
 
 def test_skip_corrupt_counts_and_substitutes(tmp_path):
-    dm = WCLDataModule("imagefolder", str(_folder(tmp_path, 12, corrupt=2)), batch_size=5, num_workers=0,
-                       skip_corrupt=True, augment=Augmentations(crop_size=8))
-    ds = dm.train_dataset()
+    dm = WCLDataModule(dataset="imagefolder", root=str(_folder(tmp_path, 12, corrupt=2)), batch_size=5,
+                       num_workers=0, skip_corrupt=True, augment=Augmentations(crop_size=8))
+    ds = dm.train_dataloader().dataset
     samples = [ds[i] for i in range(len(ds))]
     # Sorted names put bad0.jpg, bad1.jpg last in class "a" (indices 4, 5): index 4 meets both, index 5 one.
     assert dm.skipped.get() == 3
-    paths = [dm.splits.pretrain.samples[s["index"]][0] for s in samples]
+    paths = [dm.source.pretrain.samples[s["index"]][0] for s in samples]
     assert not any("bad" in p for p in paths)
 
 
 def test_same_sample_same_augmentation_in_any_process():
     dm = WCLDataModule(batch_size=4, num_workers=0, train_per_class=2)
-    ds = dm.train_dataset()
+    ds = dm.train_dataloader().dataset
     a = ds[3]["views"][0]
     torch.manual_seed(123)  # the global RNG does not matter
     assert torch.equal(ds[3]["views"][0], a)
@@ -168,3 +194,21 @@ def test_weak_labels_invariant_to_order_and_scale(spec, scale):
     same_p = permuted[:, None] == permuted[None, :]
     assert torch.equal(same[perm][:, perm], same_p)  # the same partition, whatever the order
     assert torch.equal(weak_labels(v * scale), labels)
+
+
+def _tiny_fit(out: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.default_root_dir", str(out),
+            "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0", "--data.train_per_class", "4",
+            "--data.batch_size", "10", "--data.num_workers", "0", "--model.width", "4", *extra]
+
+
+def test_resume_past_max_steps_and_with_accepted_changes(tmp_path, capsys):
+    main(_tiny_fit(tmp_path, "--trainer.max_steps", "3"))
+    main(_tiny_fit(tmp_path, "--trainer.max_steps", "6", "--ckpt_path", "last"))  # a longer schedule is no change
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    main(_tiny_fit(tmp_path, "--trainer.max_steps", "8", "--model.weak_weight", "0.5", "--ckpt_path", "last",
+                   "--resume_with_changes", "true"))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 8 and last["hyper_parameters"]["weak_weight"] == 0.5
+    out = capsys.readouterr().out
+    assert out.count("wcl: checkpoint:") == 3 and "metrics.csv" in out

@@ -1,9 +1,26 @@
-"""wcl: Weakly Supervised Contrastive Learning (Zheng et al., ICCV 2021) in PyTorch Lightning."""
+"""wcl: Weakly Supervised Contrastive Learning (Zheng et al., ICCV 2021) in PyTorch Lightning.
 
-from wcl.data.datamodule import LabelledDataModule, WCLDataModule
-from wcl.eval.classifier import FineTune, LinearProbe
-from wcl.eval.knn import KNNEval
-from wcl.module import WCL
+The public classes are imported on first use, so ``import wcl`` (and ``python -m wcl --help``) stays cheap.
+"""
 
-__all__ = ["WCL", "FineTune", "KNNEval", "LabelledDataModule", "LinearProbe", "WCLDataModule"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "WCL": "wcl.module",
+    "WCLDataModule": "wcl.data.datamodule",
+    "LabelledDataModule": "wcl.data.datamodule",
+    "LinearProbe": "wcl.eval.classifier",
+    "FineTune": "wcl.eval.classifier",
+    "KNNEval": "wcl.eval.knn",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'wcl' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -45,9 +45,35 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate ``x`` (B×…, the same B on every rank) from all ranks in rank order, keeping the gradient."""
+    return gather(x, grad=True)
+
+
+@torch.no_grad()
+def gather_varlen(x: Tensor) -> Tensor:
+    """Concatenate ``x`` (n_r×…, n_r may differ between ranks) from all ranks in rank order, without gradient."""
     if not is_distributed():
         return x
-    return _GatherWithGrad.apply(x)
+    sizes = gather_nograd(torch.tensor([x.shape[0]], device=x.device)).tolist()
+    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = gather_nograd(padded).split(max(sizes))
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+
+def gather(x: Tensor, grad: bool = True) -> Tensor:
+    """The global batch: ``x`` (B×…, the same B on every rank) from all ranks in rank order.
+
+    ``grad=True``: the gradient of every rank's loss flows back to every rank's rows (the single-process gradient
+    of the global-batch loss). ``grad=False`` (the official WCL code): other ranks' rows are constants and only
+    this rank's own rows (which keep their autograd history) carry gradient. Both are equal on one process.
+    """
+    if not is_distributed():
+        return x
+    if grad:
+        return _GatherWithGrad.apply(x)
+    parts = list(gather_nograd(x).split(x.shape[0]))
+    parts[rank()] = x
+    return torch.cat(parts)
 
 
 @torch.no_grad()

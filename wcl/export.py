@@ -16,12 +16,20 @@ from pathlib import Path
 
 import torch
 
-from wcl.errors import WCLError
+from wcl.errors import ConfigError, WCLError
 from wcl.eval.checkpoint import backbone_arch, read_checkpoint
 
 
 def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, object]:
     """Write the torchvision-style state dict; returns ``{"arch", "fc", "torchvision_compatible"}``."""
+    out = Path(out).expanduser()
+    if out.exists() and out.resolve() == Path(checkpoint).expanduser().resolve():
+        raise ConfigError(f"the output {out} is the checkpoint being exported; write the weights to another file.")
+    if out.is_dir():
+        raise ConfigError(f"the output {out} is a folder; give a file name, e.g. {out / 'backbone.pt'}.")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"cannot write {out}: {blocking} is a file, not a folder; choose another output path.")
     ckpt = read_checkpoint(checkpoint)
     arch = backbone_arch(ckpt, checkpoint)
     state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
@@ -36,7 +44,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, object
         state["fc.weight"] = torch.zeros(1000, dim)
         state["fc.bias"] = torch.zeros(1000)
         fc = "zeros"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, out)
     compatible = arch["width"] == 64 and not arch["cifar_stem"]
     return {"arch": arch, "fc": fc, "torchvision_compatible": compatible}

@@ -8,8 +8,6 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 GraphBackend = Literal["scipy", "torch", "auto"]
@@ -50,6 +48,9 @@ def components_scipy(nn_index: Tensor) -> Tensor:
 
     Components are numbered in the order of their smallest node (as scipy numbers them).
     """
+    from scipy.sparse import coo_matrix  # imported here: scipy is only needed by this backend
+    from scipy.sparse.csgraph import connected_components
+
     nn_np = nn_index.detach().cpu().numpy()
     b = nn_np.shape[0]
     graph = coo_matrix((np.ones(b, dtype=np.int8), (np.arange(b), nn_np)), shape=(b, b))

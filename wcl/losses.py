@@ -14,12 +14,16 @@ batch; with their defaults each function is the single-process definition.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wcl.distributed import gather_with_grad, rank_offset
+from wcl.distributed import gather, rank_offset
 from wcl.graph import GraphBackend, weak_labels
+
+CropWeighting = Literal["anchor", "term"]
 
 
 def contrastive_loss(
@@ -29,6 +33,7 @@ def contrastive_loss(
     candidate_groups: Tensor,
     anchor_positions: Tensor,
     temperature: float = 0.1,
+    anchor_weights: Tensor | None = None,
 ) -> Tensor:
     """Masked (supervised) contrastive loss, averaged over anchors that have at least one positive.
 
@@ -44,6 +49,8 @@ def contrastive_loss(
         anchor_positions: LongTensor[N], the row of each anchor inside ``candidates`` (removed from both the
             positives and the denominator), or -1 when the anchor is not among the candidates.
         temperature: τ > 0.
+        anchor_weights: optional float[N]; the loss is then ``Σ w_i·loss_i / Σ w_i`` over anchors with a
+            positive, instead of the plain mean.
 
     Returns:
         Scalar loss, float32 (float64 for float64 inputs).
@@ -63,8 +70,21 @@ def contrastive_loss(
         num_pos = positive.sum(dim=1)
         pos_log_prob = torch.where(positive, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
         has_pos = num_pos > 0
-        per_anchor = -pos_log_prob[has_pos] / num_pos[has_pos]
-        return per_anchor.mean()
+        per_anchor = -pos_log_prob / num_pos.clamp(min=1)
+        weights = has_pos.to(dtype) if anchor_weights is None else anchor_weights.to(dtype) * has_pos
+        return (weights * per_anchor).sum() / weights.sum()
+
+
+def crop_anchor_weights(num_views: int, num_crops: int, weighting: CropWeighting, device: torch.device) -> Tensor:
+    """Weights of ``num_views`` high-resolution anchors followed by ``num_crops`` crop anchors: ``anchor`` weighs
+    every anchor the same (a plain mean over all of them); ``term`` averages the high-resolution anchors and the
+    crop anchors separately and gives each mean half of the loss, whatever the number of crops."""
+    if weighting == "anchor" or num_crops == 0:
+        return torch.ones(num_views + num_crops, device=device)
+    if weighting != "term":
+        raise ValueError(f"unknown crop weighting {weighting!r}; choose 'anchor' or 'term'")
+    return torch.cat([torch.full((num_views,), 0.5 / num_views, device=device),
+                      torch.full((num_crops,), 0.5 / num_crops, device=device)])
 
 
 def nt_xent_loss(
@@ -77,13 +97,14 @@ def nt_xent_loss(
     offset: int = 0,
     small: Tensor | None = None,
     small_owner: Tensor | None = None,
+    crop_weighting: CropWeighting = "anchor",
 ) -> Tensor:
     """SimCLR NT-Xent over B pairs: 2B anchors; the positive of each is the other view of the same sample,
     the negatives are the other 2B-2 embeddings. Mean over anchors.
 
     With low-resolution crops, each crop is one more anchor whose positives are both views of its owner
-    sample, scored against all 2B views (crops are anchors only, never candidates); the mean then runs over
-    all 2B + S anchors.
+    sample, scored against all 2B views (crops are anchors only, never candidates), weighted by
+    ``crop_weighting`` (see :func:`crop_anchor_weights`).
 
     Args:
         z1, z2: B×D projections of the two views (normalized inside).
@@ -100,7 +121,8 @@ def nt_xent_loss(
     local = torch.arange(offset, offset + b, device=dev)
     global_ids = torch.arange(n, device=dev)
     anchors, groups, positions = [z1, z2], [local, local], [local, local + n]
-    if small is not None and small.shape[0] > 0:
+    crops = 0 if small is None else small.shape[0]
+    if crops:
         anchors.append(small)
         groups.append(small_owner + offset)
         positions.append(torch.full_like(small_owner, -1))
@@ -111,12 +133,14 @@ def nt_xent_loss(
         candidate_groups=torch.cat([global_ids, global_ids]),
         anchor_positions=torch.cat(positions),
         temperature=temperature,
+        anchor_weights=crop_anchor_weights(2 * b, crops, crop_weighting, dev),
     )
 
 
 def same_view_supcon_loss(v: Tensor, labels: Tensor, temperature: float = 0.1, *,
                           v_all: Tensor | None = None, offset: int = 0,
-                          small: Tensor | None = None, small_owner: Tensor | None = None) -> Tensor:
+                          small: Tensor | None = None, small_owner: Tensor | None = None,
+                          crop_weighting: CropWeighting = "anchor") -> Tensor:
     """Supervised-contrastive loss over the same-view similarities of one view.
 
     Args:
@@ -127,15 +151,18 @@ def same_view_supcon_loss(v: Tensor, labels: Tensor, temperature: float = 0.1, *
         small: S×D extra anchors (low-resolution crops) that carry their owner's group; since a crop is not
             among the candidates, its owner's own embedding is one of its positives.
         small_owner: LongTensor[S], local row of each crop's sample.
+        crop_weighting: see :func:`crop_anchor_weights`.
     """
     v_all = v if v_all is None else v_all
     local = torch.arange(offset, offset + v.shape[0], device=v.device)
     anchors, positions = v, local
-    if small is not None and small.shape[0] > 0:
+    crops = 0 if small is None else small.shape[0]
+    if crops:
         anchors = torch.cat([v, small])
         local = torch.cat([local, small_owner + offset])
         positions = torch.cat([positions, torch.full_like(small_owner, -1)])
-    return contrastive_loss(anchors, v_all, labels[local], labels, positions, temperature)
+    weights = crop_anchor_weights(v.shape[0], crops, crop_weighting, v.device)
+    return contrastive_loss(anchors, v_all, labels[local], labels, positions, temperature, weights)
 
 
 def weak_label_loss(
@@ -150,6 +177,7 @@ def weak_label_loss(
     labels2: Tensor | None = None,
     small: Tensor | None = None,
     small_owner: Tensor | None = None,
+    crop_weighting: CropWeighting = "anchor",
 ) -> Tensor:
     """The swapped weak-label loss of WCL.
 
@@ -166,47 +194,57 @@ def weak_label_loss(
             sample. A crop joins both directions as an extra anchor with its owner's component (under view-2
             labels against view-1 candidates, and under view-1 labels against view-2 candidates); the graph
             itself is built from the two high-resolution views only.
+        crop_weighting: see :func:`crop_anchor_weights`.
     """
     v1_all = v1 if v1_all is None else v1_all
     v2_all = v2 if v2_all is None else v2_all
     labels1 = weak_labels(v1_all.detach()) if labels1 is None else labels1
     labels2 = weak_labels(v2_all.detach()) if labels2 is None else labels2
-    crops = {"small": small, "small_owner": small_owner}
+    crops = {"small": small, "small_owner": small_owner, "crop_weighting": crop_weighting}
     loss_1 = same_view_supcon_loss(v1, labels2, temperature, v_all=v1_all, offset=offset, **crops)
     loss_2 = same_view_supcon_loss(v2, labels1, temperature, v_all=v2_all, offset=offset, **crops)
     return 0.5 * (loss_1 + loss_2)
 
 
 class NTXentLoss(nn.Module):
-    """NT-Xent over the global batch: gathers both views from every rank with gradient, anchors are local."""
+    """NT-Xent over the global batch: each rank scores its own anchors against both views gathered from every
+    rank (see :func:`wcl.distributed.gather` for ``candidates_grad``)."""
 
-    def __init__(self, temperature: float = 0.1) -> None:
+    def __init__(self, temperature: float = 0.1, candidates_grad: bool = True,
+                 crop_weighting: CropWeighting = "anchor") -> None:
         super().__init__()
-        self.temperature = temperature
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature, self.candidates_grad, self.crop_weighting = temperature, candidates_grad, crop_weighting
 
     def forward(self, z1: Tensor, z2: Tensor, small: Tensor | None = None,
                 small_owner: Tensor | None = None) -> Tensor:
         """z1, z2: B×D local projections (small: S×D crops, small_owner: LongTensor[S] local rows) → scalar
         loss (DDP's gradient averaging makes it the global mean)."""
-        return nt_xent_loss(z1, z2, self.temperature, z1_all=gather_with_grad(z1), z2_all=gather_with_grad(z2),
-                            offset=rank_offset(z1.shape[0]), small=small, small_owner=small_owner)
+        return nt_xent_loss(z1, z2, self.temperature, z1_all=gather(z1, self.candidates_grad),
+                            z2_all=gather(z2, self.candidates_grad), offset=rank_offset(z1.shape[0]), small=small,
+                            small_owner=small_owner, crop_weighting=self.crop_weighting)
 
 
 class WeakLabelLoss(nn.Module):
     """Swapped weak-label loss over the global batch; every rank builds the same graph from the gathered batch."""
 
-    def __init__(self, temperature: float = 0.1, graph_backend: GraphBackend = "auto") -> None:
+    def __init__(self, temperature: float = 0.1, graph_backend: GraphBackend = "auto", candidates_grad: bool = True,
+                 crop_weighting: CropWeighting = "anchor") -> None:
         super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature, self.graph_backend = temperature, graph_backend
+        self.candidates_grad, self.crop_weighting = candidates_grad, crop_weighting
 
     def forward(self, v1: Tensor, v2: Tensor, small: Tensor | None = None,
                 small_owner: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """v1, v2: B×D local phi-projections (small/small_owner: crops, as in ``weak_label_loss``) →
         (scalar loss, weak labels of view 1 and of view 2, LongTensor[W·B])."""
-        v1_all, v2_all = gather_with_grad(v1), gather_with_grad(v2)
+        v1_all, v2_all = gather(v1, self.candidates_grad), gather(v2, self.candidates_grad)
         labels1 = weak_labels(v1_all.detach(), self.graph_backend)
         labels2 = weak_labels(v2_all.detach(), self.graph_backend)
         loss = weak_label_loss(v1, v2, self.temperature, v1_all=v1_all, v2_all=v2_all,
                                offset=rank_offset(v1.shape[0]), labels1=labels1, labels2=labels2,
-                               small=small, small_owner=small_owner)
+                               small=small, small_owner=small_owner, crop_weighting=self.crop_weighting)
         return loss, labels1, labels2

@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from wcl.errors import ConfigError
 
 OptimizerName = Literal["lars", "sgd", "adamw"]
 LRScaling = Literal["linear", "sqrt", "none"]
 
 
 class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017).
+    """SGD with momentum and layer-wise adaptive rate scaling (You et al., 2017), as in the official WCL code.
 
-    Per parameter tensor, the update is scaled by ``trust = eta·‖w‖ / (‖g‖ + wd·‖w‖)`` (1 where either norm is
-    zero). Parameter groups with ``lars_exclude=True`` (biases, normalisation) get neither weight decay nor
-    adaptation, as in SimCLR/BYOL.
+    Per parameter tensor w with gradient g: ``d = g + wd·w``, ``trust = eta·‖w‖ / ‖d‖`` (1 where either norm
+    is zero), ``buf = momentum·buf + trust·d``, ``w -= lr·buf``. With ``clip`` (solo-learn's ``clip_lr``,
+    LARC's clip mode) the factor is ``min(trust / lr, 1)`` instead, so a layer's effective step ``lr·factor``
+    never exceeds the global learning rate. Parameter groups with ``lars_exclude=True`` (biases and
+    normalisation, by :func:`param_groups`) get neither adaptation nor, there, weight decay. The update runs with
+    ``torch._foreach`` kernels over each group's tensors, without a host synchronisation.
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 0.001, nesterov: bool = False) -> None:
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, nesterov=nesterov,
+                 eta: float = 0.001, clip: bool = False, nesterov: bool = False) -> None:
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip, nesterov=nesterov,
                         lars_exclude=False)
         super().__init__(params, defaults)
 
@@ -34,41 +39,63 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = p.grad
-                if not group["lars_exclude"]:
-                    if group["weight_decay"] != 0:
-                        d_p = d_p.add(p, alpha=group["weight_decay"])
-                    w_norm, g_norm = torch.norm(p), torch.norm(d_p)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm,
-                                        torch.ones_like(w_norm))
-                    d_p = d_p.mul(trust)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            lr, wd, m = group["lr"], group["weight_decay"], group["momentum"]
+            d = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else [g.clone() for g in grads]
+            if not group["lars_exclude"]:
+                w_norm = torch.stack(torch._foreach_norm(params))
+                d_norm = torch.stack(torch._foreach_norm(d))
+                trust = torch.where((w_norm > 0) & (d_norm > 0), group["eta"] * w_norm / d_norm,
+                                    torch.ones_like(w_norm))
+                if group["clip"]:
+                    trust = (trust / lr).clamp(max=1.0)
+                torch._foreach_mul_(d, list(trust.unbind()))
+            bufs = []
+            for p, dp in zip(params, d, strict=True):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.clone(d_p).detach()
+                    state["momentum_buffer"] = dp.clone()
+                    bufs.append(None)
                 else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(d_p)
-                buf = state["momentum_buffer"]
-                d_p = d_p.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                p.add_(d_p, alpha=-group["lr"])
+                    bufs.append(state["momentum_buffer"])
+            old = [b for b in bufs if b is not None]
+            if old:
+                torch._foreach_mul_(old, m)
+                torch._foreach_add_(old, [dp for dp, b in zip(d, bufs, strict=True) if b is not None])
+            bufs = [self.state[p]["momentum_buffer"] for p in params]
+            update = torch._foreach_add(d, bufs, alpha=m) if group["nesterov"] else bufs
+            torch._foreach_add_(params, update, alpha=-lr)
         return loss
 
 
-def param_groups(modules: dict[str, nn.Module], weight_decay: float) -> list[dict]:
-    """Split parameters into decayed weights and excluded biases / normalisation parameters (1-D tensors)."""
+def param_groups(modules: dict[str, nn.Module], weight_decay: float, exclude_bias_norm: bool = True) -> list[dict]:
+    """Split parameters into decayed, LARS-adapted weights and the biases / normalisation parameters (1-D tensors,
+    exactly the official code's ``bn``/``bias`` names for ResNets and these heads), which get neither — unless
+    ``exclude_bias_norm`` is False, which treats every tensor alike."""
     decay: list[Tensor] = []
     no_decay: list[Tensor] = []
     for module in modules.values():
         for p in module.parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 else decay).append(p)
+            (no_decay if p.ndim <= 1 and exclude_bias_norm else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
         {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
     ]
+
+
+def global_batch_size(trainer: Any) -> int:
+    """Images per optimizer step over all ranks: the training loader's batch × world size × accumulation."""
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()
+    per_device = getattr(trainer.train_dataloader, "batch_size", None)
+    if per_device is None:
+        raise ConfigError("the learning rate scales with the batch, but the training loader has no batch_size.")
+    return per_device * trainer.world_size * trainer.accumulate_grad_batches
 
 
 def scaled_lr(base_lr: float, global_batch: int, scaling: LRScaling) -> float:
@@ -82,11 +109,11 @@ def scaled_lr(base_lr: float, global_batch: int, scaling: LRScaling) -> float:
     raise ValueError(f"unknown lr scaling {scaling!r}; choose 'linear', 'sqrt' or 'none'")
 
 
-def build_optimizer(name: OptimizerName, groups: list[dict], lr: float, momentum: float,
-                    weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(name: OptimizerName, groups: list[dict], lr: float, momentum: float, weight_decay: float,
+                    lars_eta: float = 0.001, lars_clip: bool = False) -> torch.optim.Optimizer:
     """LARS, SGD (momentum) or AdamW over the given parameter groups."""
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta, clip=lars_clip)
     # lars_exclude is a LARS-only key; other optimizers ignore unknown group keys.
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -102,3 +129,23 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_factor: fl
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def steps_per_epoch(trainer: Any) -> int:
+    """Optimizer steps per epoch on this rank (schedules and warm-ups are given in epochs)."""
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()
+    batches = trainer.num_training_batches
+    if not math.isfinite(batches):
+        raise ConfigError("the training loader has no length, so epoch-based schedules are undefined; "
+                          "use a map-style dataset.")
+    return max(1, int(batches) // trainer.accumulate_grad_batches)
+
+
+def warmup_cosine_schedule(opt: torch.optim.Optimizer, trainer: Any, warmup_epochs: float,
+                           min_factor: float = 0.0) -> dict[str, Any]:
+    """Lightning's scheduler config of :func:`warmup_cosine`, stepped per optimizer step over the whole fit."""
+    total = int(trainer.estimated_stepping_batches)
+    warmup = int(warmup_epochs * steps_per_epoch(trainer))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total, min_factor))
+    return {"scheduler": sched, "interval": "step"}

@@ -1,6 +1,19 @@
-"""Datasets, transforms and the Lightning data module."""
+"""Data: the dataset catalogue, the view augmentation (CPU and batched device forms), crops, data modules."""
 
-from wcl.data.datamodule import LabelledDataModule, WCLDataModule
-from wcl.data.transforms import Augmentations
+from __future__ import annotations
 
-__all__ = ["Augmentations", "LabelledDataModule", "WCLDataModule"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Augmentations": "wcl.data.augment",
+    "WCLDataModule": "wcl.data.datamodule",
+    "LabelledDataModule": "wcl.data.datamodule",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'wcl.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,17 +1,28 @@
-"""Deterministic epochs: the sampler's order and every sample's augmentation depend only on (seed, epoch, index).
+"""Deterministic, resumable epochs: the order of an epoch and every sample's random draws depend only on
+(seed, epoch, index).
 
-That makes a resumed run see exactly the batches and augmentations of an uninterrupted one, and N ranks see
-the same samples as one process would (up to the sampler's split of the epoch).
+That makes a resumed run see exactly the batches and augmentations of an uninterrupted one, and N ranks see the
+same samples as one process would (up to the sampler's split of the epoch). Two sources of per-sample randomness:
+
+* :func:`sample_seed` seeds torch's generator for one sample inside a data-loader worker (the CPU path);
+* :func:`uniforms` is a counter-based generator on any device: a batch of keys in, independent uniforms out, with
+  no generator state and no host synchronisation (the batched device path).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch import Tensor
+from torch.utils.data import DistributedSampler
 
 from wcl.distributed import rank, world_size
+
+_M32 = 0xFFFFFFFF
+# Streams of counter-based draws per sample: view v uses VIEW + v, low-resolution crop c CROP + c.
+VIEW, CROP_SOURCE, CROP = 0, 15, 16
 
 
 class SharedInt:
@@ -32,25 +43,82 @@ class SharedInt:
 
 
 class EpochSampler(DistributedSampler):
-    """Shuffled, seeded per epoch, split over ranks; ``set_epoch`` (called by Lightning before each epoch) also
-    publishes the epoch to the data workers. Being a ``DistributedSampler``, Lightning keeps it under DDP."""
+    """Shuffled, seeded per epoch, split over ranks, and resumable in the middle of an epoch.
 
-    def __init__(self, dataset: Dataset, seed: int, epoch: SharedInt, drop_last: bool = True) -> None:
-        super().__init__(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed,
-                         drop_last=drop_last)
-        self.shared_epoch = epoch
+    Lightning calls ``set_epoch`` before each epoch; the epoch is also published to the data workers through
+    ``shared_epoch``. ``position`` counts the batches of the current epoch that have been trained on (the data
+    module advances it once per training batch); it is saved with ``state_dict``, and after ``load_state_dict``
+    the next iterator starts at that batch, so a resumed run trains on exactly the batches an uninterrupted run
+    would have.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, shared_epoch: SharedInt | None = None,
+                 drop_last: bool = True) -> None:
+        super().__init__(range(num_samples), num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed,
+                         drop_last=True)
+        self.batch_size, self.drop_last_batch = batch_size, drop_last
+        self.shared_epoch = shared_epoch if shared_epoch is not None else SharedInt(0)
+        self.position = 0
+        self.set_epoch(self.shared_epoch.get())
+
+    def __len__(self) -> int:
+        return self.num_batches * self.batch_size if self.drop_last_batch else self.num_samples
+
+    @property
+    def num_batches(self) -> int:
+        """Batches of this rank per epoch (a last partial batch is dropped with ``drop_last``)."""
+        full, rest = divmod(self.num_samples, self.batch_size)
+        return full + int(rest > 0 and not self.drop_last_batch)
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.position = 0
         super().set_epoch(epoch)
         self.shared_epoch.set(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        # On resume Lightning creates the first iterator before calling set_epoch, so the epoch is read from the
-        # shared value, which the data module restores from the checkpoint.
-        self.epoch = self.shared_epoch.get()
-        return super().__iter__()
+        order = list(super().__iter__())[: len(self)]
+        return iter(order[self.position * self.batch_size:])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if position >= self.num_batches:  # saved after the epoch's last batch: resume at the next epoch
+            epoch, position = epoch + 1, 0
+        self.set_epoch(epoch)
+        self.position = position
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A seed for one sample's augmentation in one epoch (tuple hashes of ints are the same in every process)."""
     return hash((seed, epoch, index)) & (2**63 - 1)
+
+
+def _mix(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) of int64 values in [0, 2^32); products stay < 2^63."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
+    x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
+    return (x >> 16) ^ x
+
+
+def _combine(h: Tensor, v: Tensor | int) -> Tensor:
+    return _mix((h ^ (v + 0x9E3779B9 + (h << 6) + (h >> 2))) & _M32)
+
+
+def sample_keys(index: Tensor, *parts: int | Tensor) -> Tensor:
+    """One int64 key per sample from its dataset index and further integers (seed, epoch, stream; a part may be
+    a LongTensor of the index's shape)."""
+    h = torch.zeros_like(index)
+    for p in parts:
+        h = _combine(h, p & _M32)
+    return _combine(h, index & _M32)
+
+
+def uniforms(keys: Tensor, n: int) -> Tensor:
+    """``n`` independent uniforms in [0, 1) for each key: LongTensor[B] → float32 B×n on the keys' device."""
+    j = torch.arange(n, device=keys.device)
+    h = _combine(keys[:, None].expand(-1, n), j[None, :])
+    h = _combine(h, j[None, :] * 0x632BE5AB)
+    return (h >> 8).float() * (1.0 / (1 << 24))

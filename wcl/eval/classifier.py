@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
-from wcl.optim import warmup_cosine
+from wcl.optim import global_batch_size, scaled_lr, warmup_cosine
 
 
 class _SupervisedEval(LightningModule):
@@ -59,7 +59,7 @@ class _SupervisedEval(LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking and "val/top1" in self.trainer.callback_metrics:
             self.best_top1 = max(self.best_top1, float(self.trainer.callback_metrics["val/top1"]))
-            self.log("val/best_top1", self.best_top1)
+            self.log("val/best_top1", self.best_top1, sync_dist=True)
 
     def on_train_start(self) -> None:
         # The labelled subset actually used goes next to the checkpoints (semi-supervised protocols).
@@ -74,10 +74,13 @@ class _SupervisedEval(LightningModule):
     def param_groups(self) -> list[dict]:
         raise NotImplementedError
 
+    def learning_rate(self) -> float:
+        return self.hparams.lr
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        opt = torch.optim.SGD(self.param_groups(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0,
-                              weight_decay=hp.weight_decay)
+        opt = torch.optim.SGD(self.param_groups(), lr=self.learning_rate(), momentum=hp.momentum,
+                              nesterov=hp.momentum > 0, weight_decay=hp.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, 0, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -93,12 +96,15 @@ class LinearProbe(_SupervisedEval):
             classifier trains on them (fast; the default for small data); ``augment`` — the paper protocol:
             every step sees a random-resized-crop + flip of each image (set ``data.train_augment: crop_flip``).
         lr, momentum, weight_decay: SGD with Nesterov momentum, cosine schedule per step.
+        lr_scaling: ``linear`` makes ``lr`` the rate per 256 images of the global batch (the official WCL protocol:
+            0.2 per 256, i.e. 3.2 at 4096); ``none`` uses it as given.
         backbone: if set, the checkpoint must hold this backbone (a guard against wrong paths).
     """
 
     def __init__(self, checkpoint: str, num_classes: int | None = None,
                  mode: Literal["cached", "augment"] = "cached", lr: float = 0.1, momentum: float = 0.9,
-                 weight_decay: float = 0.0, backbone: str | None = None) -> None:
+                 weight_decay: float = 0.0, lr_scaling: Literal["none", "linear"] = "none",
+                 backbone: str | None = None) -> None:
         super().__init__(checkpoint, num_classes, lr, momentum, weight_decay, backbone)
         self.save_hyperparameters()
         self.hparams["arch"] = self.arch  # lets wcl.export read this run's checkpoints too
@@ -118,6 +124,11 @@ class LinearProbe(_SupervisedEval):
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.classifier.parameters())}]
+
+    def learning_rate(self) -> float:
+        if self.hparams.lr_scaling == "none":
+            return self.hparams.lr
+        return scaled_lr(self.hparams.lr, global_batch_size(self.trainer), "linear")
 
     def setup(self, stage: str) -> None:
         if self.hparams.mode != "cached" or stage != "fit":

@@ -1,26 +1,22 @@
-"""Weighted k-nearest-neighbour classification on cosine similarity (Wu et al., 2018)."""
+"""Weighted k-nearest-neighbour classification on cosine similarity (Wu et al., 2018), with the bank sharded over
+ranks, and ``KNNEval``, the offline evaluation of a checkpoint."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from torch import Tensor
 
-from wcl.distributed import gather_nograd
+from wcl.distributed import gather_nograd, gather_varlen, world_size
 
 
 @torch.no_grad()
-def knn_predict(
-    queries: Tensor,
-    bank: Tensor,
-    bank_labels: Tensor,
-    num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
-    chunk_size: int = 1024,
-) -> Tensor:
-    """Class scores of each query from its k most similar bank entries.
+def knn_predict(queries: Tensor, bank: Tensor, bank_labels: Tensor, num_classes: int, k: int = 200,
+                temperature: float = 0.1, chunk_size: int = 1024) -> Tensor:
+    """Class scores of each query from its k most similar bank entries (one process, the whole bank).
 
     Each neighbour votes for its class with weight ``exp(cos / temperature)``.
 
@@ -31,67 +27,90 @@ def knn_predict(
     Returns:
         Q×num_classes float32 scores (argmax = prediction).
     """
-    k = min(k, bank.shape[0])
-    bank_n = F.normalize(bank.float(), dim=1)
-    scores = []
-    for start in range(0, queries.shape[0], chunk_size):
-        q = F.normalize(queries[start : start + chunk_size].float(), dim=1)
-        sim, idx = (q @ bank_n.T).topk(k, dim=1)
-        weights = (sim / temperature).exp()
-        votes = torch.zeros(q.shape[0], num_classes, device=q.device)
-        votes.scatter_add_(1, bank_labels[idx], weights)
-        scores.append(votes)
-    return torch.cat(scores)
+    scorer = ShardedKnn(k, temperature, chunk_size)
+    scorer.add_bank(bank, bank_labels)
+    return scorer.scores(F.normalize(queries.float(), dim=1), num_classes)
 
 
-class KNNAccumulator:
-    """Collects bank and query features over validation batches and scores weighted kNN at the end.
+class ShardedKnn:
+    """Weighted kNN with the bank split over ranks: each rank keeps only its share of the bank (the samples its
+    loader gave it), scores every query against that share, and the per-rank top-k lists are merged, so the
+    result equals one process holding the whole bank.
 
-    Under DDP the features of every rank are gathered and de-duplicated by dataset index (distributed
-    samplers pad with repeated samples), so every rank computes the same accuracy over the whole split.
+    Peak memory per rank: the bank share (N/W × D float32), one chunk of similarities (chunk × N/W) and the merged
+    candidates (W × chunk × k) — for ImageNet on 8 GPUs with ResNet-50: 1.3 GB + 0.6 GB + 1.6 MB.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024) -> None:
+        if k < 1 or temperature <= 0:
+            raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+        self.k, self.temperature, self.chunk_size = k, temperature, chunk_size
         self.reset()
 
     def reset(self) -> None:
-        self._store: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {"bank": [], "query": []}
+        self._bank: list[tuple[Tensor, Tensor]] = []
+        self._queries: list[tuple[Tensor, Tensor, Tensor]] = []
 
-    def add(self, split: str, index: Tensor, feats: Tensor, labels: Tensor) -> None:
-        """split: ``bank`` or ``query``; index, labels: LongTensor[B]; feats: B×D."""
-        self._store[split].append((index, feats.detach().float(), labels))
+    def add_bank(self, feats: Tensor, labels: Tensor) -> None:
+        """This rank's bank samples: feats B×D, labels LongTensor[B] (-1 = unlabelled, ignored)."""
+        keep = labels >= 0
+        self._bank.append((F.normalize(feats.detach().float(), dim=1)[keep], labels[keep]))
 
-    def ready(self) -> bool:
-        return bool(self._store["bank"]) and bool(self._store["query"])
+    def add_queries(self, index: Tensor, feats: Tensor, labels: Tensor) -> None:
+        """Queries of this rank (index: dataset index, used to drop the repeats of padded distributed samplers)."""
+        self._queries.append((index, feats.detach().float(), labels))
 
-    def gathered(self, split: str) -> tuple[Tensor, Tensor]:
-        """(N×D features, LongTensor[N] labels) of a whole split, one row per dataset index, ordered by index."""
-        idx, feats, labels = (torch.cat(t) for t in zip(*self._store[split], strict=True))
-        idx, feats, labels = gather_nograd(idx), gather_nograd(feats), gather_nograd(labels)
-        n = int(idx.max()) + 1
-        out_f = feats.new_zeros(n, feats.shape[1])
-        out_y = labels.new_full((n,), -1)
-        out_f[idx], out_y[idx] = feats, labels
-        seen = torch.zeros(n, dtype=torch.bool, device=idx.device)
-        seen[idx] = True
-        return out_f[seen], out_y[seen]
+    @property
+    def has_queries(self) -> bool:
+        return bool(self._queries)
 
-    def accuracy(self, num_classes: int, k: int = 200, temperature: float = 0.1) -> dict[str, Tensor]:
-        """``top1`` (and ``top5`` when there are at least 5 classes) of the queries against the bank."""
-        bank, bank_y = self.gathered("bank")
-        query, query_y = self.gathered("query")
-        keep = bank_y >= 0
-        scores = knn_predict(query, bank[keep], bank_y[keep], num_classes, k, temperature)
-        out = {"top1": (scores.argmax(1) == query_y).float().mean()}
+    def scores(self, queries: Tensor, num_classes: int) -> Tensor:
+        """Q×C vote scores of normalized queries (the same on every rank; every rank must call this)."""
+        dev = queries.device
+        if self._bank:
+            bank, labels = (torch.cat(t).to(dev) for t in zip(*self._bank, strict=True))
+        else:
+            bank, labels = queries.new_zeros(0, queries.shape[1]), torch.zeros(0, dtype=torch.long, device=dev)
+        total = int(gather_nograd(torch.tensor([bank.shape[0]], device=dev)).sum())
+        k = min(self.k, total)
+        out = []
+        for start in range(0, queries.shape[0], self.chunk_size):
+            q = queries[start:start + self.chunk_size]
+            sim = torch.full((q.shape[0], k), -float("inf"), device=dev)
+            lab = torch.full((q.shape[0], k), -1, dtype=torch.long, device=dev)
+            if bank.shape[0] > 0:
+                top = (q @ bank.T).topk(min(k, bank.shape[0]), dim=1)
+                sim[:, : top.values.shape[1]], lab[:, : top.values.shape[1]] = top.values, labels[top.indices]
+            if world_size() > 1:  # merge every rank's top-k: rank-major W·q rows → q × (W·k) candidates
+                sim = gather_nograd(sim).view(world_size(), -1, k).transpose(0, 1).flatten(1)
+                lab = gather_nograd(lab).view(world_size(), -1, k).transpose(0, 1).flatten(1)
+                best = sim.topk(k, dim=1)
+                sim, lab = best.values, lab.gather(1, best.indices)
+            weights = torch.where(lab >= 0, (sim / self.temperature).exp(), torch.zeros_like(sim))
+            votes = torch.zeros(q.shape[0], num_classes, device=dev)
+            out.append(votes.scatter_add_(1, lab.clamp(min=0), weights))
+        return torch.cat(out) if out else torch.zeros(0, num_classes, device=dev)
+
+    def accuracy(self, num_classes: int) -> dict[str, Tensor]:
+        """``top1`` (and ``top5`` with at least 5 classes) of every rank's queries, each dataset index once."""
+        index, feats, labels = (torch.cat(t) for t in zip(*self._queries, strict=True))
+        index, feats, labels = gather_varlen(index), gather_varlen(feats), gather_varlen(labels)
+        order = torch.argsort(index, stable=True)
+        index, feats, labels = index[order], feats[order], labels[order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        feats, labels = F.normalize(feats[first], dim=1), labels[first]
+        scores = self.scores(feats, num_classes)
+        out = {"top1": (scores.argmax(1) == labels).float().mean()}
         if num_classes >= 5:
-            out["top5"] = (scores.topk(5, dim=1).indices == query_y[:, None]).any(1).float().mean()
+            out["top5"] = (scores.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean()
         return out
 
 
 class KNNEval(LightningModule):
     """Offline weighted-kNN evaluation of a checkpoint's backbone: ``python -m wcl validate --config
-    configs/knn/<data>.yaml --model.checkpoint PATH``. Uses ``WCLDataModule``'s validation loaders
-    (0 = bank: train split with the eval transform, 1 = val split) and logs ``val/knn_top1``, ``val/knn_top5``.
+    configs/knn/<data>.yaml --model.checkpoint PATH``. The queries are the data module's val split, the bank its
+    train split (eval transform); logs ``val/knn_top1`` and ``val/knn_top5``.
 
     Args:
         checkpoint: ``.ckpt`` of a wcl run. num_classes: linked from the data module.
@@ -105,15 +124,14 @@ class KNNEval(LightningModule):
 
         self.save_hyperparameters()
         self.backbone, _ = load_backbone(checkpoint)
-        self._acc = KNNAccumulator()
 
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        feats = self.backbone(batch["image"])
-        self._acc.add("bank" if dataloader_idx == 0 else "query", batch["index"], feats, batch["label"])
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
 
-    def on_validation_epoch_end(self) -> None:
-        if self._acc.ready():
-            acc = self._acc.accuracy(self.hparams.num_classes, self.hparams.k, self.hparams.temperature)
-            for name, value in acc.items():
-                self.log(f"val/knn_{name}", value, add_dataloader_idx=False)
-        self._acc.reset()
+    def configure_callbacks(self) -> list[Callback]:
+        from wcl.callbacks.knn import OnlineKnn
+
+        return [OnlineKnn(self.hparams.k, self.hparams.temperature)]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        return {"features": self(batch["image"]), "index": batch["index"], "label": batch["label"]}

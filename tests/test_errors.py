@@ -1,0 +1,172 @@
+"""The catalogue of bad inputs: each ends in exit code 2 and one line ``wcl: error: …`` that names the key or the
+path at fault, with no traceback and before any training step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wcl.cli import main
+from wcl.export import main as export_main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = str(ROOT / "configs" / "quickstart.yaml")
+LINEAR = str(ROOT / "configs" / "linear" / "quickstart.yaml")
+TINY = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--data.train_per_class", "2",
+        "--data.val_per_class", "1", "--data.batch_size", "10", "--data.num_workers", "0", "--model.width", "4"]
+
+
+def _folder(root: Path, corrupt: bool = False, sizes: tuple[int, ...] = (12,)) -> Path:
+    for c in ("a", "b"):
+        for split in ("train", "val"):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(6):
+                size = sizes[i % len(sizes)]
+                arr = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(root / split / c / f"{i}.png")
+    if corrupt:
+        (root / "train" / "a" / "0.png").write_bytes(b"not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pretrained")
+    main(["fit", "--config", QUICK, *TINY, "--trainer.default_root_dir", str(out)])
+    return out / "checkpoints" / "last.ckpt"
+
+
+def _fails(capsys, args: list[str], *needles: str, entry=main) -> str:
+    with pytest.raises(SystemExit) as exc:
+        entry(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and lines[0].startswith(("wcl: error:", "wcl.export: error:")), err[-2000:]
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+CASES = {  # name: (extra fit arguments for the quickstart config, words the message must contain)
+    "unknown model key": (["--model.widht", "8"], ["widht"]),
+    "unknown data key": (["--data.batch_sise", "8"], ["batch_sise"]),
+    "unknown augment key": (["--data.augment.crop_sise", "8"], ["crop_sise"]),
+    "wrong type": (["--data.batch_size", "many"], ["batch_size", "many"]),
+    "unknown backbone": (["--model.backbone", "resnet7"], ["backbone", "resnet7"]),
+    "temperature 0": (["--model.temperature", "0"], ["model.temperature"]),
+    "weak temperature < 0": (["--model.weak_temperature", "-1"], ["model.weak_temperature"]),
+    "negative weak weight": (["--model.weak_weight", "-1"], ["model.weak_weight"]),
+    "base lr 0": (["--model.base_lr", "0"], ["model.base_lr"]),
+    "knn_k 0": (["--model.knn_k", "0"], ["model.knn_k"]),
+    "knn_k < 0": (["--model.knn_k", "-5"], ["model.knn_k"]),
+    "knn temperature 0": (["--model.knn_temperature", "0"], ["model.knn_temperature"]),
+    "crops in weak loss without it": (["--model.weak_weight", "0", "--model.crop_losses", "weak"], ["crop_losses"]),
+    "crop size 0": (["--data.augment.crop_size", "0"], ["augment.crop_size"]),
+    "probability > 1": (["--data.augment.blur_prob", "1.5"], ["augment.blur_prob"]),
+    "crop scale reversed": (["--data.augment.crop_scale", "[0.5, 0.2]"], ["augment.crop_scale"]),
+    "workers < 0": (["--data.num_workers", "-1"], ["data.num_workers"]),
+    "batch size 1": (["--data.batch_size", "1"], ["data.batch_size"]),
+    "eval batch size 0": (["--data.eval_batch_size", "0"], ["data.eval_batch_size"]),
+    "train_per_class 0": (["--data.train_per_class", "0"], ["data.train_per_class"]),
+    "batch larger than the data": (["--data.batch_size", "64"], ["data.batch_size"]),
+    "images on device without device views": (["--data.in_memory", "device", "--data.augment_on", "cpu"],
+                                              ["augment_on"]),
+    "neighbour crops without their callback": (["--data.num_small_crops", "2"], ["KnnMultiCrop"]),
+    "multicrop k larger than the data": (["--config", str(ROOT / "configs" / "multicrop.yaml"),
+                                          "--trainer.callbacks.k", "500"], ["k=500"]),
+    "missing dataset root": (["--data.dataset", "cifar10", "--data.root", "/nonexistent/cifar"],
+                             ["/nonexistent/cifar", "does not exist"]),
+    "dataset without a root": (["--data.dataset", "cifar10"], ["--data.root"]),
+    "gpu without a gpu": (["--trainer.accelerator", "gpu"], ["gpu"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_fit_argument(case, capsys, tmp_path):
+    extra, needles = CASES[case]
+    if case == "gpu without a gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--trainer.default_root_dir", str(tmp_path), *extra], *needles)
+
+
+def test_output_folder_under_a_file(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--trainer.default_root_dir", str(tmp_path / "file" / "run")],
+           str(tmp_path / "file"))
+
+
+def test_root_without_train_folder(capsys, tmp_path):
+    (tmp_path / "val").mkdir()
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--data.dataset", "imagefolder", "--data.root", str(tmp_path)],
+           "train/")
+
+
+def test_empty_class_folder(capsys, tmp_path):
+    (_folder(tmp_path) / "train" / "empty").mkdir()
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--data.dataset", "imagefolder", "--data.root", str(tmp_path)],
+           "empty class folders")
+
+
+def test_corrupt_image_in_a_worker_is_one_line_naming_the_file(capsys, tmp_path):
+    _folder(tmp_path, corrupt=True)
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--data.dataset", "imagefolder", "--data.root", str(tmp_path),
+                    "--data.num_workers", "2", "--data.batch_size", "4", "--data.augment.crop_size", "8",
+                    "--trainer.default_root_dir", str(tmp_path / "run")], "0.png", "cannot decode")
+
+
+def test_mixed_sizes_in_memory_need_decode_size(capsys, tmp_path):
+    _folder(tmp_path, sizes=(12, 16))
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--data.dataset", "imagefolder", "--data.root", str(tmp_path),
+                    "--data.batch_size", "4", "--data.in_memory", "true", "--data.augment_on", "device",
+                    "--trainer.default_root_dir", str(tmp_path / "run")], "decode_size")
+
+
+@pytest.mark.parametrize("case", ["fraction > 1", "fraction and subset file", "missing subset file",
+                                  "missing checkpoint", "not a checkpoint"])
+def test_bad_probe_argument(case, capsys, tmp_path, pretrained):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    extra, needle = {
+        "fraction > 1": (["--data.label_fraction", "1.5"], "label_fraction"),
+        "fraction and subset file": (["--data.label_fraction", "0.1", "--data.subset_file", "x.txt"], "subset_file"),
+        "missing subset file": (["--data.subset_file", str(tmp_path / "none.txt")], "none.txt"),
+        "missing checkpoint": (["--model.checkpoint", str(tmp_path / "none.ckpt")], "none.ckpt"),
+        "not a checkpoint": (["--model.checkpoint", str(junk)], "junk.ckpt"),
+    }[case]
+    args = ["fit", "--config", LINEAR, "--model.checkpoint", str(pretrained), "--data.num_workers", "0",
+            "--trainer.default_root_dir", str(tmp_path), *extra]
+    _fails(capsys, args, needle)
+
+
+def test_ckpt_path_of_a_pretraining_run_on_a_probe_config(capsys, tmp_path, pretrained):
+    """The silent wrong run of before: a probe config given --ckpt_path PRETRAIN.ckpt ran wcl.WCL."""
+    _fails(capsys, ["fit", "--config", LINEAR, "--model.checkpoint", str(pretrained), "--ckpt_path", str(pretrained),
+                    "--data.num_workers", "0", "--trainer.default_root_dir", str(tmp_path)],
+           "--model.checkpoint", "wcl.WCL")
+
+
+def test_ckpt_path_with_changed_model_arguments(capsys, tmp_path, pretrained):
+    line = _fails(capsys, ["fit", "--config", QUICK, *TINY, "--model.width", "8", "--model.weak_weight", "0",
+                           "--ckpt_path", str(pretrained), "--trainer.default_root_dir", str(tmp_path)],
+                  "--resume_with_changes")
+    assert "model.width: 4 in the checkpoint, 8 here" in line and "model.weak_weight" in line
+
+
+def test_ckpt_path_that_does_not_exist(capsys, tmp_path):
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--ckpt_path", str(tmp_path / "none.ckpt"),
+                    "--trainer.default_root_dir", str(tmp_path)], "none.ckpt")
+
+
+def test_export_refuses_its_input_and_bad_outputs(capsys, tmp_path, pretrained):
+    _fails(capsys, [str(pretrained), str(pretrained)], "is the checkpoint being exported", entry=export_main)
+    _fails(capsys, [str(pretrained), str(tmp_path)], "is a folder", entry=export_main)
+    (tmp_path / "file").write_text("x")
+    _fails(capsys, [str(pretrained), str(tmp_path / "file" / "out.pt")], "is a file, not a folder",
+           entry=export_main)
+    assert torch.load(pretrained, weights_only=False)["state_dict"]  # the checkpoint is untouched

@@ -1,0 +1,88 @@
+"""``Checkpoint``: Lightning's ModelCheckpoint that never leaves a half-written file and saves on pre-emption."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class AtomicCheckpointIO(CheckpointIO):
+    """Wraps the strategy's checkpoint writer: every file is written under a temporary name in its folder,
+    flushed to disk, then renamed into place, so a kill during a save leaves the previous file intact."""
+
+    def __init__(self, inner: CheckpointIO) -> None:
+        self.inner = inner
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = str(path)
+        if "://" in path:  # remote storage (fsspec): no local rename to make it atomic
+            self.inner.save_checkpoint(checkpoint, path, storage_options)
+            return
+        tmp = f"{path}.tmp"
+        try:
+            self.inner.save_checkpoint(checkpoint, tmp, storage_options)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, **kwargs: Any) -> dict[str, Any]:
+        return self.inner.load_checkpoint(path, map_location, **kwargs)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        self.inner.remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.inner.teardown()
+
+
+class Checkpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` (all of its arguments work as usual) with five changes:
+
+    * the default ``dirpath`` is ``<default_root_dir>/checkpoints`` (not inside the logger's version folder), so
+      ``--ckpt_path last`` finds the previous run's ``last.ckpt`` after a restart (``python -m wcl`` sets it
+      before the path is resolved; in Python, pass ``dirpath`` to use ``ckpt_path="last"``);
+    * ``last.ckpt`` is overwritten, never versioned (``last-v1.ckpt``), also after a resume;
+    * an epoch's checkpoint is written when its training ends, before its validation, so an error in validation
+      loses no training (``save_on_train_epoch_end``);
+    * every file is written to a temporary name in the same folder and renamed into place
+      (:class:`AtomicCheckpointIO`), so a kill during a save leaves the previous checkpoint intact;
+    * on SIGTERM (Lightning stops after the current batch) or Ctrl-C, ``last.ckpt`` is saved before the process
+      exits, so ``--ckpt_path last`` continues from there. Under SLURM with auto-requeue, Lightning's own SIGUSR1
+      handler saves and requeues.
+    """
+
+    def __init__(self, save_last: bool | Literal["link"] | None = True, enable_version_counter: bool = False,
+                 save_on_train_epoch_end: bool | None = True, **kwargs: Any) -> None:
+        super().__init__(save_last=save_last, enable_version_counter=enable_version_counter,
+                         save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
+
+    def default_dirpath(self, trainer: Trainer) -> str:
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        return str(self.dirpath)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.default_dirpath(trainer)
+        if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO(trainer.strategy.checkpoint_io)
+        super().setup(trainer, pl_module, stage)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or self.dirpath is None:
+            return
+        path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+        self.last_model_path = path  # part of the saved state
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            print(f"wcl: interrupted at step {trainer.global_step}; saved {path}. Resume with --ckpt_path last",
+                  flush=True)

@@ -1,0 +1,78 @@
+"""``OnlineKnn``: weighted kNN top-1 of backbone features during pretraining (and for ``wcl.KNNEval``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+
+from wcl.errors import ConfigError
+from wcl.eval.knn import ShardedKnn
+
+
+class OnlineKnn(Callback):
+    """Weighted kNN (Wu et al., 2018) of the val split against the training images, in the validation epochs
+    where it runs: every ``every_n_epochs`` epochs and after the last one (every validation under ``validate``).
+
+    The queries are the features ``validation_step`` returns (``{"features", "index", "label"}``); the bank pass
+    over the training images (eval transform) runs only in those epochs, each rank over its own share, and the
+    ranks' top-k lists are merged (:class:`~wcl.eval.knn.ShardedKnn`). Logs ``val/knn_top1`` (and
+    ``val/knn_top5``); ``best_top1`` is the best value so far. Off for unlabelled data (one line says so).
+
+    Args:
+        k: neighbours; temperature: vote temperature; every_n_epochs: 0 turns the callback off.
+    """
+
+    def __init__(self, k: int = 200, temperature: float = 0.1, every_n_epochs: int = 1) -> None:
+        if k < 1 or temperature <= 0 or every_n_epochs < 0:
+            raise ConfigError(f"OnlineKnn needs k >= 1, temperature > 0 and every_n_epochs >= 0, got k={k}, "
+                              f"temperature={temperature}, every_n_epochs={every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+        self.scorer = ShardedKnn(k, temperature)
+        self.num_classes: int | None = None
+        self.best_top1: float | None = None
+        self._active = False
+        self._bank_loader: Any = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.num_classes = getattr(trainer.datamodule, "num_classes", None)
+        if self.num_classes is None and self.every_n_epochs > 0:
+            rank_zero_info("wcl: the data has no labels (a single class folder), so the online kNN is off")
+
+    def runs_now(self, trainer: Trainer) -> bool:
+        if self.num_classes is None or self.every_n_epochs <= 0 or trainer.sanity_checking:
+            return False
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            return True
+        epoch, last = trainer.current_epoch, trainer.max_epochs
+        return (epoch + 1) % self.every_n_epochs == 0 or (last is not None and epoch + 1 == last)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.scorer.reset()
+        self._active = self.runs_now(trainer)
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._active and isinstance(outputs, dict) and "features" in outputs:
+            self.scorer.add_queries(outputs["index"], outputs["features"], outputs["label"])
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not (self._active and self.scorer.has_queries):
+            return
+        dm = trainer.datamodule
+        if self._bank_loader is None:
+            self._bank_loader = dm.eval_loader("bank", shard=True)
+        for batch in self._bank_loader:
+            batch = dm.on_after_batch_transfer(move_data_to_device(batch, pl_module.device), 0)
+            with trainer.precision_plugin.forward_context():
+                self.scorer.add_bank(pl_module(batch["image"]), batch["label"])
+        acc = self.scorer.accuracy(self.num_classes)
+        self.scorer.reset()
+        for name, value in acc.items():  # the same value on every rank
+            pl_module.log(f"val/knn_{name}", value, sync_dist=True)
+        self.best_top1 = max(self.best_top1 or 0.0, float(acc["top1"]))
