@@ -109,3 +109,11 @@ def test_batch_size_one_is_rejected(tmp_path, capsys):
         main(_tiny(tmp_path, "--data.batch_size", "1"))
     assert exc.value.code == 2
     assert "at least 2 samples" in capsys.readouterr().err
+
+
+def test_plain_progress_lines_when_output_is_not_a_terminal(tmp_path, capsys):
+    args = _tiny(tmp_path)
+    i = args.index("--trainer.enable_progress_bar")
+    main([*args[:i], *args[i + 2:], "--trainer.log_every_n_steps", "1"])
+    out = capsys.readouterr().out
+    assert "epoch 1/2 step 1/2: loss " in out and "epoch 2/2 done in " in out and "val/knn_top1" in out

@@ -128,7 +128,7 @@ def test_mixed_sizes_in_memory_need_decode_size(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["fraction > 1", "fraction and subset file", "missing subset file",
-                                  "missing checkpoint", "not a checkpoint"])
+                                  "missing checkpoint", "not a checkpoint", "batch size 0"])
 def test_bad_probe_argument(case, capsys, tmp_path, pretrained):
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"not a checkpoint")
@@ -138,6 +138,7 @@ def test_bad_probe_argument(case, capsys, tmp_path, pretrained):
         "missing subset file": (["--data.subset_file", str(tmp_path / "none.txt")], "none.txt"),
         "missing checkpoint": (["--model.checkpoint", str(tmp_path / "none.ckpt")], "none.ckpt"),
         "not a checkpoint": (["--model.checkpoint", str(junk)], "junk.ckpt"),
+        "batch size 0": (["--data.batch_size", "0"], "data.batch_size"),
     }[case]
     args = ["fit", "--config", LINEAR, "--model.checkpoint", str(pretrained), "--data.num_workers", "0",
             "--trainer.default_root_dir", str(tmp_path), *extra]
@@ -170,3 +171,29 @@ def test_export_refuses_its_input_and_bad_outputs(capsys, tmp_path, pretrained):
     _fails(capsys, [str(pretrained), str(tmp_path / "file" / "out.pt")], "is a file, not a folder",
            entry=export_main)
     assert torch.load(pretrained, weights_only=False)["state_dict"]  # the checkpoint is untouched
+
+
+def test_download_without_a_network(capsys, tmp_path, monkeypatch):
+    import urllib.error
+
+    from torchvision import datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(datasets.CIFAR10, "__init__", offline)
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--data.dataset", "cifar10", "--data.root", str(tmp_path / "c"),
+                    "--data.download", "true"], "could not download cifar10", "--data.download")
+
+
+def test_checkpointing_off_from_the_command_line(capsys, tmp_path):
+    main(["fit", "--config", QUICK, *TINY, "--trainer.default_root_dir", str(tmp_path),
+          "--trainer.enable_checkpointing", "false"])
+    assert "wcl: fit finished" in capsys.readouterr().out and not (tmp_path / "checkpoints").exists()
+
+
+def test_offline_knn_reports_one_metric_per_name(capsys, tmp_path, pretrained):
+    main(["validate", "--config", str(ROOT / "configs" / "knn" / "quickstart.yaml"), "--model.checkpoint",
+          str(pretrained), "--data.num_workers", "0", "--data.train_per_class", "10", "--data.val_per_class", "5"])
+    out = capsys.readouterr().out
+    assert out.count("val/knn_top1") == 1 and "dataloader_idx" not in out

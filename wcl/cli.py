@@ -84,7 +84,7 @@ class WCLCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(RichProgressBar() if sys.stdout.isatty() else PlainProgress())
-        for default in (TrainingMonitor, Preflight):
+        for default in (Preflight, TrainingMonitor):  # in this order: the pre-flight reads are not training time
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())
         cfg["callbacks"] = callbacks

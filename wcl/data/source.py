@@ -14,6 +14,7 @@ from wcl.data.datasets import DatasetName, DatasetSplits, build_splits, classes_
 from wcl.data.samples import InMemoryImages, labels_of
 from wcl.data.sampling import SharedInt
 from wcl.data.subsets import first_per_class
+from wcl.distributed import rank
 from wcl.errors import ConfigError
 
 InMemory = bool | Literal["device"]
@@ -81,7 +82,8 @@ class DataSource:
             name = "pretrain"
         if name not in self._memory:
             ds = self.split(name)
-            print(f"wcl: decoding {len(ds)} {name} images into memory", file=sys.stderr, flush=True)  # type: ignore
+            if rank() == 0:
+                print(f"wcl: decoding {len(ds)} {name} images into memory", file=sys.stderr, flush=True)  # type: ignore
             self._memory[name] = InMemoryImages(ds, self.decode_size, num_workers, skipped)
         return self._memory[name]
 

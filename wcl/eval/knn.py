@@ -37,8 +37,10 @@ class ShardedKnn:
     loader gave it), scores every query against that share, and the per-rank top-k lists are merged, so the
     result equals one process holding the whole bank.
 
-    Peak memory per rank: the bank share (N/W × D float32), one chunk of similarities (chunk × N/W) and the merged
-    candidates (W × chunk × k) — for ImageNet on 8 GPUs with ResNet-50: 1.3 GB + 0.6 GB + 1.6 MB.
+    Peak memory per rank: the bank share (N/W × D float32), one chunk of similarities (chunk × N/W float32) and the
+    gathered top-k candidates (W × chunk × k similarities and labels) — for ImageNet on 8 GPUs with ResNet-50
+    (N = 1.28 M, D = 2048, chunk 1024, k 200): 1.3 GB + 0.65 GB + 20 MB, instead of the whole 10.5 GB bank on
+    every rank.
     """
 
     def __init__(self, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024) -> None:
