@@ -1,13 +1,22 @@
-"""Callbacks the tests pass to ``python -m wcl`` subprocesses (importable as ``tests.helpers``)."""
+"""Helpers shared by the tests, and callbacks they pass to ``python -m wcl`` subprocesses (importable as
+``tests.helpers``: pytest puts the repository root on ``sys.path``)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback
 
 from wcl.callbacks import KnnMultiCrop
+
+
+def free_port() -> int:
+    """A free TCP port on localhost for a test's process group."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _multicrop(trainer) -> KnnMultiCrop:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +15,12 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.helpers import free_port
 from wcl.distributed import destroy_process_group, gather_with_grad
 from wcl.losses import NTXentLoss, WeakLabelLoss
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD, B, DIM, CROPS = 2, 6, 10, 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Net(nn.Module):
@@ -84,7 +78,7 @@ def _worker(rank: int, port: int, weak_weight: float, crops: bool, out: dict, ca
 def test_two_ranks_equal_one_rank_with_global_batch(weak_weight, crops):
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), weak_weight, crops, out), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), weak_weight, crops, out), nprocs=WORLD, join=True)
         ranks = dict(out)
 
     net = _Net().double()
@@ -163,7 +157,7 @@ def _official_step(net: nn.Module) -> tuple[list[float], dict[str, torch.Tensor]
 def test_candidates_without_grad_equal_the_official_gradient():
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), 1.0, False, out, False), nprocs=WORLD, join=True)
+        mp.spawn(_worker, args=(free_port(), 1.0, False, out, False), nprocs=WORLD, join=True)
         ranks = dict(out)
     official_losses, reference = _official_step(_Net().double())
     for r, rank_out in ranks.items():  # the same loss values as the official formulas, rank by rank
@@ -199,7 +193,7 @@ def _gather_worker(rank: int, port: int, out: dict) -> None:
 def test_gather_with_grad_sums_gradients_of_every_rank():
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_gather_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+        mp.spawn(_gather_worker, args=(free_port(), out), nprocs=WORLD, join=True)
         res = dict(out)
     gathered = [[1.0, 1.0]] * 3 + [[2.0, 2.0]] * 3
     base = torch.arange(12, dtype=torch.float32).view(6, 2)

@@ -83,18 +83,14 @@ class ImageData(LightningDataModule):
         self._sampler: EpochSampler | None = None
         self._resume: dict[str, Any] | None = None
 
-    def set_device(self, device: torch.device) -> None:
-        """The training device (``in_memory: device``); Lightning's strategy is read once in ``setup``."""
-        self._device = device
-
     def memory_device(self) -> torch.device:
         """Where in-memory images are kept: the training device with ``in_memory: device``, else the host."""
         on_device = self.in_memory == "device" and self._device is not None
         return self._device if on_device else torch.device("cpu")  # type: ignore[return-value]
 
     def setup(self, stage: str) -> None:
-        if self.trainer is not None:
-            self.set_device(self.trainer.strategy.root_device)
+        if self.trainer is not None:  # the training device, where in_memory: device keeps the images
+            self._device = self.trainer.strategy.root_device
 
     def new_sampler(self, num_samples: int, seed: int, drop_last: bool = True) -> EpochSampler:
         """The training loader's sampler, positioned where a restored checkpoint left off."""
