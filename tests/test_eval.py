@@ -127,3 +127,19 @@ def test_linear_probe_lr_per_256_images(pretrained, tmp_path):
                       default_root_dir=tmp_path)
     trainer.fit(probe, dm)
     assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.2 * 128 / 256)
+
+
+def test_cached_probe_needs_the_labelled_data_module(tmp_path):
+    from types import SimpleNamespace
+
+    from wcl import LinearProbe, WCLDataModule
+    from wcl.callbacks import CachedFeatures
+
+    _save_random(tmp_path / "r.ckpt")
+    probe = LinearProbe(str(tmp_path / "r.ckpt"), num_classes=10, mode="cached")
+    assert [type(cb).__name__ for cb in probe.configure_callbacks()] == ["LabelledSubsetFile", "CachedFeatures"]
+    assert [type(cb).__name__ for cb in LinearProbe(str(tmp_path / "r.ckpt"), num_classes=10,
+                                                    mode="augment").configure_callbacks()] == ["LabelledSubsetFile"]
+    trainer = SimpleNamespace(datamodule=WCLDataModule(dataset="bundled"))
+    with pytest.raises(ConfigError, match="wcl.LabelledDataModule"):
+        CachedFeatures().setup(trainer, probe, "fit")

@@ -1,11 +1,13 @@
 """Callbacks that own the lifecycles around the model: checkpoints, the KNN multi-crop's bank and table, the
-online kNN, and training health (throughput, skipped images, non-finite losses)."""
+online kNN, training health (throughput, skipped images, non-finite losses), and the supervised evaluations'
+cached features and labelled-subset record."""
 
 from wcl.callbacks.checkpoint import AtomicCheckpointIO, Checkpoint
 from wcl.callbacks.knn import OnlineKnn
+from wcl.callbacks.labelled import CachedFeatures, LabelledSubsetFile
 from wcl.callbacks.monitor import FiniteLossGuard, TrainingMonitor
 from wcl.callbacks.multicrop import FeatureBank, KnnMultiCrop
 from wcl.callbacks.progress import PlainProgress, Preflight
 
-__all__ = ["AtomicCheckpointIO", "Checkpoint", "FeatureBank", "FiniteLossGuard", "KnnMultiCrop", "OnlineKnn",
-           "PlainProgress", "Preflight", "TrainingMonitor"]
+__all__ = ["AtomicCheckpointIO", "CachedFeatures", "Checkpoint", "FeatureBank", "FiniteLossGuard", "KnnMultiCrop",
+           "LabelledSubsetFile", "OnlineKnn", "PlainProgress", "Preflight", "TrainingMonitor"]

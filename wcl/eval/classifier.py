@@ -6,14 +6,12 @@ cosine schedule. Batches come from ``wcl.data.LabelledDataModule``: ``{"image", 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from wcl.errors import ConfigError
@@ -61,15 +59,12 @@ class _SupervisedEval(LightningModule):
             self.best_top1 = max(self.best_top1, float(self.trainer.callback_metrics["val/top1"]))
             self.log("val/best_top1", self.best_top1, sync_dist=True)
 
-    def on_train_start(self) -> None:
-        # The labelled subset actually used goes next to the checkpoints (semi-supervised protocols).
-        dm = self.trainer.datamodule
-        names = dm.labelled_names() if hasattr(dm, "labelled_names") else None
-        if names is not None and self.trainer.is_global_zero:
-            ckpt_cb = self.trainer.checkpoint_callback
-            out = ckpt_cb.dirpath if ckpt_cb is not None and ckpt_cb.dirpath else self.trainer.log_dir
-            Path(out).mkdir(parents=True, exist_ok=True)
-            (Path(out) / "labelled_subset.txt").write_text("\n".join(names) + "\n")
+    def configure_callbacks(self) -> list[Callback]:
+        """The labelled subset's record (semi-supervised protocols), and a linear probe's cached features."""
+        from wcl.callbacks.labelled import CachedFeatures, LabelledSubsetFile
+
+        cached = getattr(self.hparams, "mode", None) == "cached"
+        return [LabelledSubsetFile(), *([CachedFeatures()] if cached else [])]
 
     def param_groups(self) -> list[dict]:
         raise NotImplementedError
@@ -129,35 +124,6 @@ class LinearProbe(_SupervisedEval):
         if self.hparams.lr_scaling == "none":
             return self.hparams.lr
         return scaled_lr(self.hparams.lr, global_batch_size(self.trainer), "linear")
-
-    def setup(self, stage: str) -> None:
-        if self.hparams.mode != "cached" or stage != "fit":
-            return
-        dm = self.trainer.datamodule
-        if not hasattr(dm, "use_cached"):
-            raise ConfigError("LinearProbe with mode: cached needs data class_path wcl.LabelledDataModule "
-                              f"(got {type(dm).__name__}); or set model.mode: augment.")
-        device = self.trainer.strategy.root_device
-        self.backbone.to(device)
-        dm.use_cached(self._extract(dm.cache_source("train"), device), self._extract(dm.cache_source("val"), device))
-
-    @torch.no_grad()
-    def _extract(self, loader: DataLoader, device: torch.device) -> Dataset:
-        self.backbone.eval()
-        feats, labels, index = [], [], []
-        for batch in loader:
-            feats.append(self.features(batch["image"].to(device)).float().cpu())
-            labels.append(batch["label"])
-            index.append(batch["index"])
-        return _FeatureDataset(torch.cat(feats), torch.cat(labels), torch.cat(index))
-
-
-class _FeatureDataset(TensorDataset):
-    """Cached features as ``{"features", "label", "index"}`` samples."""
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:  # type: ignore[override]
-        f, y, idx = super().__getitem__(i)
-        return {"features": f, "label": y, "index": idx}
 
 
 class FineTune(_SupervisedEval):
