@@ -1,15 +1,17 @@
 """How much ``model.candidates_grad`` changes the gradient: wcl's default (every rank's loss reaches every rank's
 embeddings — the gradient of the global-batch loss) against the official code's (other ranks' embeddings are
-constants), for W ranks sharing one global batch.
+constants in NT-Xent; in the weak-label loss every candidate is a constant, the rank's own too), for W ranks sharing
+one global batch.
 
     python benchmarks/candidates_grad.py [--root ../shared/datasets/cifar10] [--batch 256] [--ranks 1 2 4 8]
 
 The CPU-proxy model (configs/cpu_proxy/wcl.yaml, its initial weights) and one global batch of real CIFAR-10 views
 (the protocol's augmentation). W ranks are emulated in one process: rank r's samples go through the network as
 their own batch (BatchNorm statistics per rank, as under DDP), rank r's loss scores its anchors against the
-candidates of all ranks — with gradient through every candidate, or only through rank r's own — and the
-gradients are averaged over ranks, as DDP does. Printed: the norm of each gradient and their cosine, for the
-NT-Xent and the weak-label term separately. On one rank the two are identical by construction.
+candidates of all ranks — with gradient through every candidate, or (official) through rank r's own in NT-Xent and
+through none in the weak-label term — and the gradients are averaged over ranks, as DDP does. Printed: the norm of
+each gradient and their cosine, for the NT-Xent and the weak-label term separately. On one rank the NT-Xent
+gradients are identical by construction; the weak-label ones are not.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from wcl.graph import weak_labels  # noqa: E402
 from wcl.losses import nt_xent_loss, weak_label_loss  # noqa: E402
 
 
-def gradients(model: WCL, x1: torch.Tensor, x2: torch.Tensor, ranks: int, own_only: bool) -> dict[str, torch.Tensor]:
+def gradients(model: WCL, x1: torch.Tensor, x2: torch.Tensor, ranks: int, official: bool) -> dict[str, torch.Tensor]:
     """Flattened parameter gradient of each loss term, averaged over ``ranks`` emulated ranks."""
     b = x1.shape[0] // ranks
     h1 = torch.cat([model(x1[r * b:(r + 1) * b]) for r in range(ranks)])
@@ -48,13 +50,16 @@ def gradients(model: WCL, x1: torch.Tensor, x2: torch.Tensor, ranks: int, own_on
         own[r * b:(r + 1) * b] = True
 
         def cand(t: torch.Tensor, own: torch.Tensor = own) -> torch.Tensor:
-            return torch.where(own, t, t.detach()) if own_only else t
+            return torch.where(own, t, t.detach()) if official else t
+
+        def weak_cand(t: torch.Tensor) -> torch.Tensor:
+            return t.detach() if official else t
 
         sl = slice(r * b, (r + 1) * b)
         terms = {"nce": nt_xent_loss(z1[sl], z2[sl], model.hparams.temperature, z1_all=cand(z1), z2_all=cand(z2),
                                      offset=r * b),
-                 "weak": weak_label_loss(v1[sl], v2[sl], model.hparams.weak_temperature, v1_all=cand(v1),
-                                         v2_all=cand(v2), offset=r * b, labels1=labels1, labels2=labels2)}
+                 "weak": weak_label_loss(v1[sl], v2[sl], model.hparams.weak_temperature, v1_all=weak_cand(v1),
+                                         v2_all=weak_cand(v2), offset=r * b, labels1=labels1, labels2=labels2)}
         for name, loss in terms.items():
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
             out[name] += torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
@@ -79,11 +84,11 @@ def main() -> None:
     rows = torch.arange(args.batch)
     x1, x2 = views(raw, rows, sample_keys(rows, 0, 0, 0)), views(raw, rows, sample_keys(rows, 0, 0, 1))
     print(f"CPU-proxy model at initialisation, global batch {args.batch} of CIFAR-10 views\n")
-    print("| ranks | term | norm, every rank's loss (wcl) | norm, own rows only (official) | ratio | cosine |")
+    print("| ranks | term | norm, every rank's loss (wcl) | norm, official | ratio | cosine |")
     print("|---:|---|---:|---:|---:|---:|")
     for ranks in args.ranks:
-        full = gradients(model, x1, x2, ranks, own_only=False)
-        official = gradients(model, x1, x2, ranks, own_only=True)
+        full = gradients(model, x1, x2, ranks, official=False)
+        official = gradients(model, x1, x2, ranks, official=True)
         for term in ("nce", "weak"):
             a, b = full[term], official[term]
             cos = float(torch.nn.functional.cosine_similarity(a, b, dim=0))

@@ -103,8 +103,9 @@ def test_two_ranks_equal_one_rank_with_global_batch(weak_weight, crops):
 def _official_step(net: nn.Module) -> tuple[list[float], dict[str, torch.Tensor]]:
     """The official code's losses and gradient, written out after its ``network/wcl.py`` (not with wcl's loss
     functions): rank r scores [f1; f2] of its own samples against [f1; f2; other ranks' f1; f2] with the diagonal
-    removed (cross-entropy), and its phi-features against the gathered batch whose other ranks' rows are constants,
-    with masks of the 1-NN graph's components (scipy) and the diagonal removed; DDP averages the ranks' gradients.
+    removed (cross-entropy), and its phi-features against the gathered batch, all of whose rows are constants (its
+    ``concat_all_gather`` runs under ``no_grad``, so the own rows it puts back carry no gradient either), with masks
+    of the 1-NN graph's components (scipy) and the diagonal removed; DDP averages the ranks' gradients.
     Returns each rank's total loss and the averaged gradient."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
@@ -142,7 +143,7 @@ def _official_step(net: nn.Module) -> tuple[list[float], dict[str, torch.Tensor]
         logits = prob[offdiag].view(prob.shape[0], -1)
         target = torch.cat([torch.arange(B - 1, 2 * B - 1), torch.arange(0, B)])
         nce = torch.nn.functional.cross_entropy(logits, target)
-        all1, all2 = torch.where(~keep[:, None], v1, v1.detach()), torch.where(~keep[:, None], v2, v2.detach())
+        all1, all2 = v1.detach(), v2.detach()
         diagonal = torch.eye(WORLD * B, dtype=v1.dtype)[own]
         graph = (sup_contra(v1[own] @ all1.T / t, mask2[own], diagonal)
                  + sup_contra(v2[own] @ all2.T / t, mask1[own], diagonal)) / 2
@@ -170,11 +171,17 @@ def test_candidates_without_grad_equal_the_official_gradient():
             torch.testing.assert_close(r["grads"][name], ref, rtol=1e-6, atol=1e-10)
     differs = max(float((reference[k] - p.grad).abs().max()) for k, p in net.named_parameters())
     assert differs > 1e-4  # on two ranks the two switches really give different gradients
-    # on one process the switch changes nothing: every candidate is this process's own
-    single = _Net().double()
-    _loss(single, x1, x2, small, 1.0, False, candidates_grad=False)[0].backward()
-    for k, p in single.named_parameters():
-        torch.testing.assert_close(p.grad, dict(net.named_parameters())[k].grad)
+    # On one process NT-Xent's gradient is unchanged (every candidate is this process's own), the weak term's is not:
+    # official, its candidates are constants there too.
+    x1, x2, small = _data()
+    for term in (1, 2):  # nce, weak
+        single = {grad: _Net().double() for grad in (True, False)}
+        for grad, model in single.items():
+            _loss(model, x1, x2, small, 1.0, False, candidates_grad=grad)[term].backward()
+        official = dict(single[False].named_parameters())
+        gaps = [float((p.grad - official[k].grad).abs().max()) for k, p in single[True].named_parameters()
+                if p.grad is not None]  # the other head has no gradient from this term
+        assert (max(gaps) < 1e-12) == (term == 1), (term, max(gaps))
 
 
 def _gather_worker(rank: int, port: int, out: dict) -> None:

@@ -65,7 +65,8 @@ def gather(x: Tensor, grad: bool = True) -> Tensor:
 
     ``grad=True``: the gradient of every rank's loss flows back to every rank's rows (the single-process gradient
     of the global-batch loss). ``grad=False`` (the official WCL code): other ranks' rows are constants and only
-    this rank's own rows (which keep their autograd history) carry gradient. Both are equal on one process.
+    this rank's own rows (which keep their autograd history) carry gradient. Both are equal on one process. (The
+    official weak-label term makes every row a constant: :class:`~wcl.losses.WeakLabelLoss` uses ``gather_nograd``.)
     """
     if not is_distributed():
         return x

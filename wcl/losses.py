@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wcl.distributed import gather, rank_offset
+from wcl.distributed import gather, gather_nograd, rank_offset
 from wcl.graph import GraphBackend, weak_labels
 
 CropWeighting = Literal["anchor", "term"]
@@ -227,7 +227,13 @@ class NTXentLoss(nn.Module):
 
 
 class WeakLabelLoss(nn.Module):
-    """Swapped weak-label loss over the global batch; every rank builds the same graph from the gathered batch."""
+    """Swapped weak-label loss over the global batch; every rank builds the same graph from the gathered batch.
+
+    ``candidates_grad=False`` is the official code's gradient: there the gathered batch is built under
+    ``torch.no_grad()`` (its ``concat_all_gather`` puts the local tensor back in its slot, but the concatenation is
+    still a constant), so only the anchors carry gradient — on one process too, where this halves the term's gradient
+    compared with the gradient of the loss through anchors and candidates (``candidates_grad=True``).
+    """
 
     def __init__(self, temperature: float = 0.1, graph_backend: GraphBackend = "auto", candidates_grad: bool = True,
                  crop_weighting: CropWeighting = "anchor") -> None:
@@ -241,7 +247,10 @@ class WeakLabelLoss(nn.Module):
                 small_owner: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """v1, v2: B×D local phi-projections (small/small_owner: crops, as in ``weak_label_loss``) →
         (scalar loss, weak labels of view 1 and of view 2, LongTensor[W·B])."""
-        v1_all, v2_all = gather(v1, self.candidates_grad), gather(v2, self.candidates_grad)
+        if self.candidates_grad:
+            v1_all, v2_all = gather(v1), gather(v2)
+        else:  # the official code: every candidate a constant, this rank's own included (see WeakLabelLoss)
+            v1_all, v2_all = gather_nograd(v1).detach(), gather_nograd(v2).detach()
         labels1 = weak_labels(v1_all.detach(), self.graph_backend)
         labels2 = weak_labels(v2_all.detach(), self.graph_backend)
         loss = weak_label_loss(v1, v2, self.temperature, v1_all=v1_all, v2_all=v2_all,

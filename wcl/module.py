@@ -36,9 +36,10 @@ class WCL(LightningModule):
             this many epochs (0 = full weight from the start).
         graph_backend: where connected components are found: ``scipy``, ``torch`` or ``auto`` (torch on
             accelerators, scipy on CPU).
-        candidates_grad: with several processes, let the gradient of every rank's loss reach every rank's
-            embeddings (true: the single-process gradient of the global-batch loss) or only this rank's own
-            (false: the official code, which gathers the other ranks' embeddings without gradient).
+        candidates_grad: true: the gradient of the global-batch loss, through anchors and every candidate of
+            every rank. false: the official code's — in NT-Xent other ranks' embeddings are constants; in the
+            weak-label loss every candidate is (this rank's own too), so that term's gradient flows through its
+            anchors only, on one process as well.
         crop_losses: which losses the low-resolution crops enter as extra anchors: ``both``, ``nce`` or ``weak``.
         crop_weighting: ``anchor`` (every anchor weighs the same) or ``term`` (high-resolution anchors and crop
             anchors are averaged separately, each mean half of the loss).
