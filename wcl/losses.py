@@ -231,8 +231,8 @@ class WeakLabelLoss(nn.Module):
 
     ``candidates_grad=False`` is the official code's gradient: there the gathered batch is built under
     ``torch.no_grad()`` (its ``concat_all_gather`` puts the local tensor back in its slot, but the concatenation is
-    still a constant), so only the anchors carry gradient — on one process too, where this halves the term's gradient
-    compared with the gradient of the loss through anchors and candidates (``candidates_grad=True``).
+    still a constant), so only the anchors carry gradient — on one process too, where this about halves the gradient
+    of the term compared with the one through anchors and candidates (``candidates_grad=True``).
     """
 
     def __init__(self, temperature: float = 0.1, graph_backend: GraphBackend = "auto", candidates_grad: bool = True,
@@ -249,7 +249,7 @@ class WeakLabelLoss(nn.Module):
         (scalar loss, weak labels of view 1 and of view 2, LongTensor[W·B])."""
         if self.candidates_grad:
             v1_all, v2_all = gather(v1), gather(v2)
-        else:  # the official code: every candidate a constant, this rank's own included (see WeakLabelLoss)
+        else:  # the official code: every candidate a constant, this rank's own included (class docstring)
             v1_all, v2_all = gather_nograd(v1).detach(), gather_nograd(v2).detach()
         labels1 = weak_labels(v1_all.detach(), self.graph_backend)
         labels2 = weak_labels(v2_all.detach(), self.graph_backend)
