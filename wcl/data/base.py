@@ -129,7 +129,11 @@ class ImageData(LightningDataModule):
 
     def eval_dataset(self, split: Literal["bank", "val"]) -> EvalSamples:
         """A split's samples ``{"image", "index", "label"}`` with the evaluation transform, decoded from files."""
-        return EvalSamples(self.source.split(split), eval_transform(self.augment, self.eval_resize), self.skipped)
+        return self.eval_samples(self.source.split(split))
+
+    def eval_samples(self, base: Dataset) -> EvalSamples:
+        """``base``'s ``(PIL, label)`` pairs as ``{"image", "index", "label"}`` with the evaluation transform."""
+        return EvalSamples(base, eval_transform(self.augment, self.eval_resize), self.skipped)
 
     def eval_view(self, images: Tensor) -> Tensor:
         """uint8 B×3×H×W (in-memory images, on any device) → the evaluation view, normalized float."""

@@ -171,8 +171,7 @@ class LabelledDataModule(ImageData):
     def cache_source(self, split: Literal["train", "val"]) -> Any:
         """Un-augmented, unsharded loader of a split, for feature caching."""
         base = self.train_base if split == "train" else self.source.split("val")
-        ds = EvalSamples(base, eval_transform(self.augment, self.eval_resize), self.skipped)
-        return self._loader(ds, self.eval_batch_size)
+        return self._loader(self.eval_samples(base), self.eval_batch_size)
 
     def use_cached(self, train: Dataset, val: Dataset) -> None:
         """Serve these (feature) datasets instead of images from now on."""
