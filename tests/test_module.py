@@ -49,6 +49,23 @@ def test_non_finite_loss_is_caught_at_the_next_check_and_never_saved(tmp_path):
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
 
 
+def test_weak_label_diagnostics_are_logged_on_exactly_the_steps_lightning_logs(tmp_path):
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    loader = DataLoader(_NaNAt(8 * 7, 8, bad_step=-1), batch_size=8)  # 7 steps per epoch, no NaN
+    trainer = Trainer(accelerator="cpu", max_epochs=2, log_every_n_steps=3, logger=CSVLogger(tmp_path, name="m"),
+                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(WCL(**TINY, optimizer="sgd", lr_scaling="none", warmup_epochs=0, knn_every_n_epochs=0), loader)
+    with open(tmp_path / "m" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    loss_steps = {int(r["step"]) for r in rows if r.get("train/loss")}
+    weak_steps = {int(r["step"]) for r in rows if r.get("weak_labels/purity")}
+    assert loss_steps == {2, 5, 8, 11}  # every third of 14 steps (0-based), across the epoch boundary
+    assert weak_steps == loss_steps
+
+
 def test_online_classifier_stays_in_the_graph_without_labels():
     model = WCL(**TINY)
     batch = _batch()

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from wcl import optim
+from wcl.callbacks.monitor import is_logging_step
 from wcl.distributed import gather_nograd
 from wcl.errors import ConfigError
 from wcl.graph import GraphBackend, weak_label_stats
@@ -181,8 +182,7 @@ class WCL(LightningModule):
         return self(torch.cat(small)), torch.arange(b, device=small[0].device).repeat(len(small))
 
     def _logging_step(self) -> bool:
-        n = self.trainer.log_every_n_steps if self._trainer is not None else 1
-        return n > 0 and (self.global_step + 1) % n == 0
+        return self._trainer is None or is_logging_step(self.trainer, self.global_step)
 
     def current_weak_weight(self) -> float:
         """``weak_weight`` after the linear warm-up of ``weak_warmup_epochs``."""

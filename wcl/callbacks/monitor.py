@@ -13,6 +13,13 @@ from wcl.distributed import is_distributed
 from wcl.errors import NonFiniteLossError
 
 
+def is_logging_step(trainer: Trainer, step: int) -> bool:
+    """Whether optimizer step ``step`` is one Lightning logs (every ``log_every_n_steps``). ``step`` is 0-based:
+    ``global_step`` inside ``training_step``, ``global_step - 1`` once the optimizer has stepped."""
+    n = trainer.log_every_n_steps
+    return n > 0 and (step + 1) % n == 0
+
+
 class TrainingMonitor(Callback):
     """Logs ``train/images_per_second`` each epoch (every view and crop of every rank; data loading included,
     validation excluded) and, when the data module skips undecodable images, ``data/skipped_images``.
@@ -77,8 +84,7 @@ class FiniteLossGuard(Callback):
         self._first = torch.where(new, self._step, self._first)
         self._values = torch.where(new, values, self._values)
         self._step += 1
-        n = trainer.log_every_n_steps
-        if (n > 0 and trainer.global_step % n == 0) or batch_idx + 1 == trainer.num_training_batches:
+        if is_logging_step(trainer, trainer.global_step - 1) or batch_idx + 1 == trainer.num_training_batches:
             self._check(trainer)
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
