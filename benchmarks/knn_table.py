@@ -28,7 +28,8 @@ CASES = [
 
 
 def run_case(n: int, d: int, backend: str, k: int, queries: int) -> dict:
-    from wcl.multicrop import FeatureBank, _drop_self, _knn_torch
+    from wcl.callbacks.multicrop import FeatureBank
+    from wcl.neighbors import _drop_self, _knn_torch
 
     torch.manual_seed(0)
     bank = FeatureBank(n, d)

@@ -42,6 +42,16 @@ def test_knn_table_torch_chunks_and_duplicates():
         assert (i + 50) % 100 in table[i].tolist()
 
 
+def test_knn_torch_on_the_first_queries_equals_those_rows_of_the_full_search():
+    from wcl.neighbors import _knn_torch  # benchmarks/knn_table.py times ImageNet scale this way
+
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(2))
+    full = _knn_torch(x, 4, torch.device("cpu"), chunk=32, db_chunk=64)
+    part = _knn_torch(x, 4, torch.device("cpu"), chunk=32, db_chunk=64, num_queries=70)
+    assert part.shape == (70, 5)
+    assert torch.equal(part, full[:70])
+
+
 def test_knn_k_out_of_range():
     with pytest.raises(ValueError, match="0 < K < dataset size"):
         knn_table(torch.randn(5, 3), 5)

@@ -49,11 +49,14 @@ def _knn_faiss(x: np.ndarray, k: int, approximate: bool, nprobe: int) -> np.ndar
 
 
 @torch.no_grad()
-def _knn_torch(x: Tensor, k: int, device: torch.device, chunk: int, db_chunk: int = 65536) -> Tensor:
+def _knn_torch(x: Tensor, k: int, device: torch.device, chunk: int, db_chunk: int = 65536,
+               num_queries: int | None = None) -> Tensor:
     """Exact cosine top-(k+1) by chunked matmul: ``chunk`` queries × ``db_chunk`` database rows at a time
     (memory ≈ chunk × db_chunk floats). ``x`` is copied to ``device`` once, in its own dtype (float16 banks stay
-    float16); each block is normalized in float32 when it is used."""
+    float16); each block is normalized in float32 when it is used. The queries are the first ``num_queries`` rows
+    (default: all; fewer lets ``benchmarks/knn_table.py`` time ImageNet scale), the database is every row."""
     n = x.shape[0]
+    nq = n if num_queries is None else num_queries
     x = x.to(device)
 
     def block(start: int, size: int) -> Tensor:
@@ -61,9 +64,9 @@ def _knn_torch(x: Tensor, k: int, device: torch.device, chunk: int, db_chunk: in
 
     # A database that fits one block is converted once instead of once per query chunk.
     whole = block(0, n) if n <= db_chunk else None
-    out = torch.empty(n, k + 1, dtype=torch.long, device=device)
-    for qs in range(0, n, chunk):
-        q = block(qs, min(chunk, n - qs))
+    out = torch.empty(nq, k + 1, dtype=torch.long, device=device)
+    for qs in range(0, nq, chunk):
+        q = block(qs, min(chunk, nq - qs))
         best_s = best_i = None
         for ds in range(0, n, db_chunk):
             db = whole if whole is not None else block(ds, db_chunk)
