@@ -48,6 +48,7 @@ def test_overlays_compose_with_a_full_config(overlay, capsys):
     assert "class_path: wcl.WCL" in out
     if "multicrop" in overlay:  # appended to the base config's callbacks, not replacing them
         assert "class_path: wcl.callbacks.KnnMultiCrop" in out and "class_path: wcl.callbacks.Checkpoint" in out
+        assert "crop_losses: weak" in out  # the model's init_args merged into the base config's
 
 
 def test_fit_on_bundled_logs_metrics_and_writes_checkpoint(tmp_path, capsys):

@@ -110,7 +110,8 @@ class WCL(LightningModule):
             if value < 0:
                 raise ConfigError(f"model.{key} must be >= 0, got {value}")
         if weak_weight == 0 and crop_losses == "weak":
-            raise ConfigError("model.crop_losses: weak needs the weak-label term, but model.weak_weight is 0.")
+            raise ConfigError("model.crop_losses: weak needs the weak-label term, but model.weak_weight is 0 "
+                              "(SimCLR mode); set --model.crop_losses nce to give the crops to NT-Xent.")
         self.save_hyperparameters()
         self.backbone = build_resnet(backbone, width, cifar_stem)
         feat_dim = self.backbone.out_dim
