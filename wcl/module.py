@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from wcl import optim
+from wcl.callbacks import FiniteLossGuard, OnlineKnn
 from wcl.callbacks.monitor import is_logging_step
 from wcl.distributed import gather_nograd
 from wcl.errors import ConfigError
@@ -139,8 +140,6 @@ class WCL(LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         """The callbacks this model's arguments configure: the online kNN and the non-finite-loss guard."""
-        from wcl.callbacks import FiniteLossGuard, OnlineKnn
-
         hp = self.hparams
         callbacks: list[Callback] = [FiniteLossGuard()] if hp.check_finite else []
         if hp.knn_every_n_epochs > 0:
