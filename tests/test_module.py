@@ -19,10 +19,11 @@ def _batch(b=8, seed=0, nan=False):
 
 
 class _NaNAt(Dataset):
-    """Random two-view samples; every image of step ``bad_step`` is NaN."""
+    """Random two-view samples; every image of step ``bad_step`` is NaN (none when it is None)."""
 
-    def __init__(self, n, batch_size, bad_step):
-        self.n, self.bad = n, range(bad_step * batch_size, (bad_step + 1) * batch_size)
+    def __init__(self, n, batch_size, bad_step=None):
+        self.n = n
+        self.bad = range(0) if bad_step is None else range(bad_step * batch_size, (bad_step + 1) * batch_size)
 
     def __len__(self):
         return self.n
@@ -54,7 +55,7 @@ def test_weak_label_diagnostics_are_logged_on_exactly_the_steps_lightning_logs(t
 
     from lightning.pytorch.loggers import CSVLogger
 
-    loader = DataLoader(_NaNAt(8 * 7, 8, bad_step=-1), batch_size=8)  # 7 steps per epoch, no NaN
+    loader = DataLoader(_NaNAt(8 * 7, 8), batch_size=8)  # 7 steps per epoch, no NaN
     trainer = Trainer(accelerator="cpu", max_epochs=2, log_every_n_steps=3, logger=CSVLogger(tmp_path, name="m"),
                       enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
     trainer.fit(WCL(**TINY, optimizer="sgd", lr_scaling="none", warmup_epochs=0, knn_every_n_epochs=0), loader)

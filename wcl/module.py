@@ -43,6 +43,7 @@ class WCL(LightningModule):
             weak-label loss every candidate is (this rank's own too), so that term's gradient flows through its
             anchors only, on one process as well.
         crop_losses: which losses the low-resolution crops enter as extra anchors: ``both``, ``nce`` or ``weak``.
+            Measured best: ``both`` for self crops, ``weak`` for neighbour crops (what configs/multicrop.yaml sets).
         crop_weighting: ``anchor`` (every anchor weighs the same) or ``term`` (high-resolution anchors and crop
             anchors are averaged separately, each mean half of the loss).
         optimizer: ``lars``, ``sgd`` or ``adamw``. base_lr, lr_scaling: lr = base_lr·B/256 (``linear``),
