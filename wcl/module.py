@@ -45,7 +45,7 @@ class WCL(LightningModule):
         crop_losses: which losses the low-resolution crops enter as extra anchors: ``both``, ``nce`` or ``weak``.
             Measured best: ``both`` for self crops, ``weak`` for neighbour crops (what configs/multicrop.yaml sets).
         crop_weighting: ``anchor`` (every anchor weighs the same) or ``term`` (high-resolution anchors and crop
-            anchors are averaged separately, each mean half of the loss).
+            anchors are averaged separately, each mean half of the loss). Measured level with 2 crops per sample.
         optimizer: ``lars``, ``sgd`` or ``adamw``. base_lr, lr_scaling: lr = base_lr·B/256 (``linear``),
             base_lr·√B (``sqrt``) or base_lr (``none``), B = global batch. momentum, weight_decay: as usual.
         lars_eta, lars_clip: LARS trust coefficient and clipping (:class:`wcl.optim.LARS`).
