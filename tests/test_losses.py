@@ -159,6 +159,18 @@ def test_crop_weighting_term_averages_view_and_crop_anchors_separately():
     assert weak_term.item() != pytest.approx(weak_label_loss(z1, z2, 0.3, small=small, small_owner=owner).item())
 
 
+def test_crop_weighting_changes_only_the_weak_term_with_two_crops_per_sample():
+    # BENCHMARKS.md reads the crop_weighting runs through this: with 2 crops per sample the 2B views are already
+    # half of NT-Xent's 4B anchors, while each weak-label direction has B views against 2B crops.
+    g = torch.Generator().manual_seed(5)
+    z1, z2, small = (torch.randn(n, 5, generator=g, dtype=torch.float64) for n in (4, 4, 8))
+    crops = {"small": small, "small_owner": torch.arange(4).repeat(2)}
+    nce = [nt_xent_loss(z1, z2, 0.3, crop_weighting=w, **crops).item() for w in ("anchor", "term")]
+    weak = [weak_label_loss(z1, z2, 0.3, crop_weighting=w, **crops).item() for w in ("anchor", "term")]
+    assert nce[0] == pytest.approx(nce[1], rel=1e-12)
+    assert weak[0] != pytest.approx(weak[1], rel=1e-6)
+
+
 @pytest.mark.parametrize("crop_losses", ["nce", "weak", "both"])
 def test_crops_enter_only_the_losses_they_are_given_to(crop_losses):
     from wcl import WCL
