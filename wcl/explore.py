@@ -354,6 +354,10 @@ def explore(args: argparse.Namespace) -> list[str]:
     images = Images(emb)
     if args.query:
         q = embed_query(emb, args.query)
+        if q.shape[1] != x.shape[1]:
+            raise DataError(f"{emb.meta['checkpoint']} gives {q.shape[1]}-dim features but {emb.folder} holds "
+                            f"{x.shape[1]}-dim rows; embedding.json names another checkpoint than the one that wrote "
+                            "them. Write the embeddings again with `python -m wcl predict`.")
         qs, qi = search(torch.from_numpy(q), torch.from_numpy(x), args.k)
         hits = list(zip(qi[0].tolist(), qs[0].tolist(), strict=True))
         with open(out / "query.csv", "w", newline="") as f:
