@@ -22,7 +22,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_weak_labels.ipynb", "03_evaluate.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_weak_labels.ipynb", "03_evaluate.ipynb",
+                                          "04_explore.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -230,9 +230,12 @@ def draw_map(path: Path, xy: np.ndarray, colour: np.ndarray, names: list[str] | 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 6))
     if names is not None:  # classes
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=colour, cmap="tab10" if len(names) <= 10 else "tab20", s=5)
+        cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+        for c in np.unique(colour):
+            m = colour == c
+            ax.scatter(xy[m, 0], xy[m, 1], s=5, color=cmap(int(c) % cmap.N), label=names[c] if c < len(names) else c)
         if len(names) <= 20:
-            ax.legend(sc.legend_elements(num=len(names))[0], names, fontsize=7, loc="best", markerscale=0.8)
+            ax.legend(fontsize=7, loc="best", markerscale=1.5)
     else:  # clusters: the 10 largest in colour, the others grey
         ids, counts = np.unique(colour, return_counts=True)
         top = ids[np.argsort(-counts)[:10]]
