@@ -130,3 +130,4 @@ def test_bad_input_ends_in_one_line(setup, tmp_path, capsys):
     _fails(capsys, _args(tmp_path / "nobb.ckpt", data, tmp_path / "o2"), "no backbone weights")
     corrupt = image_folder(tmp_path / "bad", {"a": (2, 1), "b": (2, 1)}, corrupt="train/b/0.png")
     _fails(capsys, _args(ckpt, corrupt, tmp_path / "o3"), "train/b/0.png")
+    _fails(capsys, [*_args(ckpt, data, tmp_path / "o4"), "--ckpt_path", str(ckpt)], "--model.checkpoint")

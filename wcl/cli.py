@@ -110,6 +110,9 @@ class WCLCLI(LightningCLI):
         # predict's outputs are written by a callback (wcl.callbacks.EmbeddingWriter); returning them too would
         # keep a second copy of every embedding in memory.
         cfg = self.config_init[self.subcommand]
+        if cfg.get("ckpt_path") is not None:
+            raise ConfigError(f"predict embeds the checkpoint given as --model.checkpoint {cfg['ckpt_path']}, not "
+                              "--ckpt_path (which restores a whole run); pass it as --model.checkpoint.")
         if cfg.get("return_predictions") is None:
             cfg["return_predictions"] = False
 

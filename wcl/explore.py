@@ -40,6 +40,10 @@ PROG = "python -m wcl.explore"
 # Cosine at and above which two images count as near-duplicates: chosen on the bundled data (BENCHMARKS.md,
 # "Near-duplicate threshold").
 DUP_THRESHOLD = 0.95
+# Exact search up to this many rows. Its cost grows with N²: on 2 CPU cores faiss's exact 10-NN table of
+# 50,000 × 128 rows takes 16 s, of 1,281,167 rows about 3 h, the IVF one 5.7 min (BENCHMARKS.md, "KNN table of the
+# multi-crop"); at 100,000 rows exact is about a minute.
+EXACT_MAX = 100_000
 
 
 @dataclass
@@ -95,7 +99,7 @@ def normalized(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def neighbors(x: np.ndarray, k: int, exact_max: int = 1_000_000, nprobe: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def neighbors(x: np.ndarray, k: int, exact_max: int = EXACT_MAX, nprobe: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """(N×k cosines, N×k row ids) of every row's k nearest other rows: exact up to ``exact_max`` rows, IVF beyond."""
     from wcl.neighbors import neighbors_of_rows
 
@@ -152,12 +156,14 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> np.ndarray:
 def duplicates(sim: np.ndarray, idx: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """Pairs (a < b, cosine) among the neighbour lists with cosine >= threshold, each pair once, best first."""
     rows, cols = np.nonzero(sim >= threshold)
-    pairs = {}
-    for a, j in zip(rows.tolist(), cols.tolist(), strict=True):
-        b = int(idx[a, j])
-        key = (min(a, b), max(a, b))
-        pairs[key] = max(pairs.get(key, -2.0), float(sim[a, j]))
-    return sorted(((a, b, s) for (a, b), s in pairs.items()), key=lambda t: -t[2])
+    other = idx[rows, cols]
+    lo, hi, s = np.minimum(rows, other), np.maximum(rows, other), sim[rows, cols]
+    order = np.lexsort((-s, hi, lo))  # by pair, best cosine first
+    lo, hi, s = lo[order], hi[order], s[order]
+    first = np.ones(len(lo), dtype=bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    best = np.argsort(-s[first], kind="stable")
+    return list(zip(lo[first][best].tolist(), hi[first][best].tolist(), s[first][best].tolist(), strict=True))
 
 
 # ----- images -------------------------------------------------------------------------------------------------
@@ -443,8 +449,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=8, help="clusters in clusters.png (the largest)")
     p.add_argument("--per-row", type=int, default=12, help="thumbnails per cluster in clusters.png")
     p.add_argument("--no-pictures", dest="pictures", action="store_false", help="write the CSVs only")
-    p.add_argument("--exact-max", type=int, default=1_000_000,
-                   help="exact search up to this many rows, approximate IVF beyond (default 1000000)")
+    p.add_argument("--exact-max", type=int, default=EXACT_MAX,
+                   help=f"exact search up to this many rows, approximate IVF beyond (default {EXACT_MAX})")
     p.add_argument("--nprobe", type=int, default=16, help="IVF lists searched (approximate search)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -453,7 +459,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
-        for key in ("min_size", "k", "dup_k", "map_points", "rows", "per_row", "nprobe"):
+        for key in ("min_size", "k", "dup_k", "map_points", "rows", "per_row", "nprobe", "exact_max"):
             if getattr(args, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
         if not -1.0 <= args.dup_threshold <= 1.0:
