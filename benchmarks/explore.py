@@ -41,7 +41,8 @@ _PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).re
 def measured(cmd: list[str]) -> tuple[str, float, float]:
     """(stdout, seconds, peak resident MB) of a command run in a fresh process."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _PEAK, *cmd], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, *cmd], cwd=ROOT, capture_output=True,
+                          text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
@@ -151,6 +152,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = p.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="wcl_explore_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {"quick": args.quick}
     ckpt = Path(args.checkpoint) if args.checkpoint else random_checkpoint(work / "random.ckpt",
                                                                            4 if args.quick else 16)
