@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import time
 import types
@@ -202,6 +203,29 @@ def _user_error(err: BaseException) -> str | None:
     return None
 
 
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")  # gloo, when a peer process is gone
+
+
+def _lost_rank(err: BaseException) -> str | None:
+    """The one-line message for a collective that failed because another rank's process died (killed, out of
+    memory, crashed): gloo closes the connection and every survivor stops at its next collective."""
+    seen: BaseException | None = err
+    while seen is not None and not (isinstance(seen, RuntimeError) and any(s in str(seen) for s in _PEER_GONE)):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:  # the process group is gone already: the launchers' variables
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 0))
+    peer = re.search(r"peer \[?([^\]\s]+?)\]?:(\d+)", str(seen))
+    lost = f"rank {1 - rank}" if world == 2 else "another rank" + (f" (at {peer[1]}:{peer[2]})" if peer else "")
+    return (f"{lost} of this {world}-process run is gone (its process died: killed, out of memory or crashed; see "
+            f"its log), so rank {rank} stops too. Resume from the last checkpoint with --ckpt_path last.")
+
+
 def _quiet() -> None:
     """Drop third-party noise from every run: an advertisement and a deprecation warning of Lightning internals."""
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
@@ -218,6 +242,9 @@ def main(args: list[str] | None = None) -> None:
     except SIGTERMException:
         sys.exit(128 + 15)  # pre-empted: last.ckpt was saved; a non-zero exit stops `fit && probe` chains
     except Exception as err:
+        if (lost := _lost_rank(err)) is not None:
+            print(f"wcl: error: {lost}", file=sys.stderr, flush=True)
+            sys.exit(1)
         message = _user_error(err)
         if message is None:
             raise
