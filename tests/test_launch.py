@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from lightning.pytorch import Callback
 
@@ -25,7 +26,8 @@ FIT = ["-m", "wcl", "fit", "--config", "configs/quickstart.yaml", "--trainer.acc
        "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0",
        "--data.dataset", "bundled", "--data.train_per_class", "12", "--data.val_per_class", "1",
        "--data.num_workers", "0", "--model.width", "4", "--model.proj_hidden_dim", "32",
-       "--model.weak_hidden_dim", "32", "--model.knn_every_n_epochs", "0", "--model.num_classes", "null"]
+       "--model.weak_hidden_dim", "32", "--model.knn_every_n_epochs", "0",
+       "--model.base_lr", "0.5", "--model.lr_scaling", "none", "--model.warmup_epochs", "0"]
 
 
 class FreezeBatchNorm(Callback):
@@ -38,10 +40,13 @@ class FreezeBatchNorm(Callback):
 
 
 class DumpWeights(Callback):
-    """Each rank's trained weights to ``<out>/rank<r>.pt`` at the end of fit."""
+    """Each rank's weights before the first step and after the last: ``<out>/rank<r>_start.pt``, ``rank<r>.pt``."""
 
     def __init__(self, out: str) -> None:
         self.out = out
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        torch.save(pl_module.state_dict(), Path(self.out) / f"rank{trainer.global_rank}_start.pt")
 
     def on_train_end(self, trainer, pl_module) -> None:
         torch.save(pl_module.state_dict(), Path(self.out) / f"rank{trainer.global_rank}.pt")
@@ -81,25 +86,29 @@ def _check(procs: list[subprocess.Popen], timeout: float = 300) -> None:
         assert p.returncode == 0, err[-3000:]
 
 
-def _assert_same_weights(ranks: list[Path], single: Path) -> None:
-    ref = torch.load(single / "rank0.pt")
-    start = torch.load(ranks[0].parent / "start.pt") if (ranks[0].parent / "start.pt").exists() else None
-    for path in ranks:
-        got = torch.load(path)
-        for key, value in ref.items():
-            if value.is_floating_point():
-                torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-6, msg=f"{path.name} {key}")
-    assert start is None or any(not torch.equal(start[k], ref[k]) for k in ref)
+def _assert_same_weights(out: Path, single: Path) -> None:
+    """Both ranks start from the single process's weights and end where it ends, after it moved them."""
+    start, ref = torch.load(single / "rank0_start.pt"), torch.load(single / "rank0.pt")
+    keys = [k for k, v in ref.items() if v.is_floating_point()]
+    moved = max(float((ref[k] - start[k]).abs().max()) for k in keys)
+    assert moved > 1e-2
+    for rank in (0, 1):
+        for name, want in (("_start", start), ("", ref)):
+            got = torch.load(out / f"rank{rank}{name}.pt")
+            for k in keys:
+                torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=f"rank {rank}{name}: {k}")
 
 
-def _single(tmp_path: Path) -> Path:
-    out = tmp_path / "single"
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    """1 process × the global batch 2B: the reference run."""
+    out = tmp_path_factory.mktemp("single")
     _check([subprocess.Popen([sys.executable, *_fit_args(out, 2 * B)], cwd=ROOT, env=_env(), text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)])
     return out
 
 
-def test_torchrun_two_nodes_equal_one_process_with_the_global_batch(tmp_path):
+def test_torchrun_two_nodes_equal_one_process_with_the_global_batch(tmp_path, single):
     """README's multi-node command, one ``torchrun`` per "node" (c10d rendezvous on localhost)."""
     out, port = tmp_path / "nodes", free_port()
     procs = [subprocess.Popen(
@@ -109,10 +118,10 @@ def test_torchrun_two_nodes_equal_one_process_with_the_global_batch(tmp_path):
                                              "--trainer.strategy", "ddp")[1:]],
         cwd=ROOT, env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for node in (0, 1)]
     _check(procs)
-    _assert_same_weights([out / "rank0.pt", out / "rank1.pt"], _single(tmp_path))
+    _assert_same_weights(out, single)
 
 
-def test_slurm_variables_two_tasks_equal_one_process_with_the_global_batch(tmp_path):
+def test_slurm_variables_two_tasks_equal_one_process_with_the_global_batch(tmp_path, single):
     """What ``srun`` gives two tasks on two nodes (one GPU each), simulated: Lightning's ``SLURMEnvironment``
     reads the ranks and the world size from these variables and rendezvouses at MASTER_ADDR:MASTER_PORT."""
     out, port = tmp_path / "slurm", free_port()
@@ -126,7 +135,7 @@ def test_slurm_variables_two_tasks_equal_one_process_with_the_global_batch(tmp_p
                                         "--trainer.strategy", "ddp")],
             cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     _check(procs)
-    _assert_same_weights([out / "rank0.pt", out / "rank1.pt"], _single(tmp_path))
+    _assert_same_weights(out, single)
 
 
 def test_a_dying_rank_stops_the_other_within_seconds_with_one_line(tmp_path):

@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wcl.distributed import destroy_process_group
 from wcl.errors import ConfigError, WCLError
+from wcl.tracking import SaveConfig
 
 PROG = "python -m wcl"
 
@@ -238,7 +239,7 @@ def main(args: list[str] | None = None) -> None:
     _quiet()
     try:
         WCLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
-               save_config_kwargs={"overwrite": True}, seed_everything_default=0)
+               save_config_callback=SaveConfig, save_config_kwargs={"overwrite": True}, seed_everything_default=0)
     except SIGTERMException:
         sys.exit(128 + 15)  # pre-empted: last.ckpt was saved; a non-zero exit stops `fit && probe` chains
     except Exception as err:
