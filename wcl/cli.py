@@ -223,8 +223,9 @@ def _lost_rank(err: BaseException) -> str | None:
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 0))
     peer = re.search(r"peer \[?([^\]\s]+?)\]?:(\d+)", str(seen))
     lost = f"rank {1 - rank}" if world == 2 else "another rank" + (f" (at {peer[1]}:{peer[2]})" if peer else "")
-    return (f"{lost} of this {world}-process run is gone (its process died: killed, out of memory or crashed; see "
-            f"its log), so rank {rank} stops too. Resume from the last checkpoint with --ckpt_path last.")
+    run = f"this {world}-process run" if world else "this run"
+    return (f"{lost} of {run} is gone (its process died: killed, out of memory or crashed; see its log), so rank "
+            f"{rank} stops too. Resume from the last checkpoint with --ckpt_path last.")
 
 
 def _quiet() -> None:
