@@ -54,18 +54,22 @@ class DumpNeighborTable(Callback):
 
 
 class SignalAtStep(Callback):
-    """Sends ``signal`` (a name: SIGTERM as a scheduler's pre-emption, SIGKILL as an OOM killer) to this process
-    after training step ``step``."""
+    """Sends ``signal`` (a name: SIGTERM as a scheduler's pre-emption, SIGKILL as an OOM killer, SIGINT as Ctrl-C)
+    to this process after training step ``step``; with ``group``, to its whole process group (data-loader
+    workers included), as a terminal sends Ctrl-C (start the process with ``start_new_session=True``)."""
 
-    def __init__(self, step: int, signal: str = "SIGTERM") -> None:
-        self.step, self.signal = step, signal
+    def __init__(self, step: int, signal: str = "SIGTERM", group: bool = False) -> None:
+        self.step, self.signal, self.group = step, signal, group
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             import os
             import signal
 
-            os.kill(os.getpid(), getattr(signal, self.signal))
+            if self.group:
+                os.killpg(os.getpgrp(), getattr(signal, self.signal))
+            else:
+                os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 class RecordBatches(Callback):

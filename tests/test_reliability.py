@@ -1,7 +1,10 @@
 """Resume, atomic checkpoints, pre-emption, and the catalogue of bad inputs."""
 
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,26 +57,35 @@ def test_run_killed_in_epoch_two_resumes_exactly(tmp_path, monkeypatch):
     _same_run(tmp_path / "straight", tmp_path / "killed")
 
 
-@pytest.mark.parametrize("path", [[], ["--data.augment_on", "device", "--data.in_memory", "device"]],
-                         ids=["cpu", "device"])
-def test_run_preempted_mid_epoch_resumes_with_the_same_batches_crops_and_table(tmp_path, path):
-    """SIGTERM after step 4 (epoch 2, batch 1 of 3) saves last.ckpt mid-epoch; the resumed run trains on exactly
-    the remaining batches of that epoch, with the same crops, and ends where an uninterrupted run ends."""
+@pytest.mark.parametrize(("path", "stop"), [([], "SIGTERM"), (["--data.augment_on", "device", "--data.in_memory",
+                                                                  "device"], "SIGTERM"), ([], "SIGINT")],
+                         ids=["cpu", "device", "ctrl-c"])
+def test_run_preempted_mid_epoch_resumes_with_the_same_batches_crops_and_table(tmp_path, path, stop):
+    """SIGTERM, or Ctrl-C sent to the process and its data-loader workers, after step 4 (epoch 2, batch 1 of 3)
+    saves last.ckpt mid-epoch; the resumed run trains on exactly the remaining batches of that epoch, with the
+    same crops, and ends where an uninterrupted run ends."""
     def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
         record = ["--trainer.callbacks+=tests.helpers.RecordBatches", f"--trainer.callbacks.path={out}.log"]
         return subprocess.run([sys.executable, "-m", "wcl", *_args(out, *path, *record, *extra)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600, start_new_session=True)
 
     assert run(tmp_path / "straight").returncode == 0
-    first = run(tmp_path / "preempted", "--trainer.callbacks+=tests.helpers.SignalAtStep", "--trainer.callbacks.step=4")
-    assert first.returncode == 143 and "wcl: interrupted at step 4" in first.stdout, first.stderr[-2000:]
-    second = run(tmp_path / "preempted", "--ckpt_path", "last")
+    first = run(tmp_path / "preempted", "--trainer.callbacks+=tests.helpers.SignalAtStep", "--trainer.callbacks.step=4",
+                f"--trainer.callbacks.signal={stop}", "--trainer.callbacks.group=true")
+    assert first.returncode == 128 + getattr(signal, stop), first.stdout[-2000:] + first.stderr[-2000:]
+    assert "wcl: interrupted at step 4" in first.stdout, first.stderr[-2000:]
+    start = time.perf_counter()
+    second = run(tmp_path / "preempted", "--ckpt_path", "last", "--trainer.enable_progress_bar", "true")
+    seconds = time.perf_counter() - start
     assert second.returncode == 0, second.stderr[-2000:]
     assert "not resumable" not in second.stderr
     straight = (tmp_path / "straight.log").read_text().splitlines()
     resumed = (tmp_path / "preempted.log").read_text().splitlines()
     assert len(resumed) == 6 and resumed == straight  # steps 0-3, then 4-5 after the resume
     _same_run(tmp_path / "straight", tmp_path / "preempted")
+    # The resumed epoch's line times the part run after the resume (it gets no on_train_epoch_start).
+    epoch_seconds = float(re.search(r"epoch 2/2 done in ([0-9.]+) s", second.stdout).group(1))
+    assert epoch_seconds <= seconds, second.stdout
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path):

@@ -215,8 +215,8 @@ def main(args: list[str] | None = None) -> None:
     try:
         WCLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                save_config_kwargs={"overwrite": True}, seed_everything_default=0)
-    except SIGTERMException:
-        sys.exit(128 + 15)  # pre-empted: last.ckpt was saved; a non-zero exit stops `fit && probe` chains
+    except SIGTERMException as stop:  # SIGTERM or Ctrl-C: last.ckpt was saved; a non-zero exit stops `fit && probe`
+        sys.exit(128 + int(getattr(stop, "signum", 15)))
     except Exception as err:
         message = _user_error(err)
         if message is None:
