@@ -83,3 +83,20 @@ class RecordBatches(Callback):
         crops = batch["crop_source"].tolist() if "crop_source" in batch else []
         with open(self.path, "a") as f:
             f.write(f"{trainer.global_step} {batch['index'].tolist()} {crops} {views:.5f}\n")
+
+
+class WaitAtStep(Callback):
+    """After training step ``step``, creates the file ``marker`` and waits (at most ``timeout`` s) until it is
+    removed: the run holds its place while a test does something else."""
+
+    def __init__(self, step: int, marker: str, timeout: float = 300.0) -> None:
+        self.step, self.marker, self.timeout = step, Path(marker), timeout
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import time
+
+            self.marker.write_text("waiting")
+            deadline = time.monotonic() + self.timeout
+            while self.marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)

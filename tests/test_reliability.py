@@ -105,8 +105,34 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         AtomicCheckpointIO(DiesMidWrite()).save_checkpoint({"step": 2}, last)
-    assert last.read_bytes() == before and not Path(f"{last}.tmp").exists()
+    assert last.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
     assert torch.load(last, weights_only=False) == {"step": 1}  # still the previous, valid checkpoint
+
+
+def test_atomic_saves_never_share_a_temporary_file(tmp_path):
+    """Two writers of one path (two runs, two ranks) each write their own temporary file: a save neither reuses
+    nor removes another writer's file in progress."""
+    from lightning.fabric.plugins import TorchCheckpointIO
+
+    from wcl.callbacks import AtomicCheckpointIO
+
+    last = tmp_path / "last.ckpt"
+    in_progress = tmp_path / "last.ckpt.tmp"  # another writer's file, under the fixed name of before
+    in_progress.write_bytes(b"another writer")
+    written = []
+
+    class Recording(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            written.append(str(path))
+            super().save_checkpoint(checkpoint, path, storage_options)
+
+    io = AtomicCheckpointIO(Recording())
+    io.save_checkpoint({"step": 1}, last)
+    io.save_checkpoint({"step": 2}, last)
+    assert len(set(written)) == 2 and str(in_progress) not in written and str(last) not in written
+    assert in_progress.read_bytes() == b"another writer"
+    assert torch.load(last, weights_only=False) == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.tmp"]
 
 
 def test_sigterm_saves_exits_143_and_resume_continues(tmp_path):
