@@ -334,6 +334,6 @@ def test_settings_that_quietly_waste_a_run_get_one_warning_line_each(capsys, tmp
           "--model.knn_every_n_epochs", "0", "--trainer.default_root_dir", str(tmp_path / "run")])
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("wcl: warning:")]
     assert len(warnings) == 3, warnings
-    assert "model.warmup_epochs 3" in warnings[0] and "(1 epochs)" in warnings[0]
+    assert "model.warmup_epochs 3" in warnings[0] and "(1 epoch)" in warnings[0]
     assert "model.knn_every_n_epochs is 0" in warnings[1] and "off" in warnings[1]
     assert "no val/" in warnings[2] and str(tmp_path / "data") in warnings[2]

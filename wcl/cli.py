@@ -142,7 +142,8 @@ class WCLCLI(LightningCLI):
             hp = model.hparams
             epochs = trainer.max_epochs if trainer.max_steps is None or trainer.max_steps < 0 else None
             if epochs is not None and epochs > 0 and hp.warmup_epochs >= epochs:
-                _note(f"model.warmup_epochs {hp.warmup_epochs:g} is not shorter than the run ({epochs} epochs): "
+                run = f"{epochs} epoch" + "s" * (epochs != 1)
+                _note(f"model.warmup_epochs {hp.warmup_epochs:g} is not shorter than the run ({run}): "
                       "the learning rate is still warming up when the run ends and never reaches its peak; lower "
                       "--model.warmup_epochs.")
             if hp.knn_every_n_epochs == 0:
@@ -352,8 +353,12 @@ def lock_run_folder(root: Path) -> IO[str] | None:
         import fcntl
     except ImportError:  # Windows: no advisory locks here
         return None
-    root.mkdir(parents=True, exist_ok=True)
-    f = open(root / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the whole fit
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        f = open(root / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the whole fit
+    except OSError as err:
+        raise ConfigError(f"cannot write to the run folder {root} (trainer.default_root_dir): "
+                          f"{err.strerror or err}; choose a writable folder.") from err
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

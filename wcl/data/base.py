@@ -63,8 +63,9 @@ class ImageData(LightningDataModule):
         skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
+        resize = 1 if eval_resize is None else eval_resize  # None: no resize
         for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-                                ("num_workers", num_workers, 0), ("eval_resize", eval_resize or 1, 1)):
+                                ("num_workers", num_workers, 0), ("eval_resize", resize, 1)):
             if value < low:
                 raise ConfigError(f"data.{key} must be >= {low}, got {value}")
         # Resolving the source here checks the root at start-up (before any process is launched) and gives
