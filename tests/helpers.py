@@ -58,18 +58,19 @@ class SignalAtStep(Callback):
     to this process after training step ``step``; with ``group``, to its whole process group (data-loader
     workers included), as a terminal sends Ctrl-C (start the process with ``start_new_session=True``)."""
 
-    def __init__(self, step: int, signal: str = "SIGTERM", group: bool = False) -> None:
-        self.step, self.signal, self.group = step, signal, group
+    def __init__(self, step: int, signal: str = "SIGTERM", group: bool = False, repeat: int = 1) -> None:
+        self.step, self.signal, self.group, self.repeat = step, signal, group, repeat
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             import os
             import signal
 
-            if self.group:
-                os.killpg(os.getpgrp(), getattr(signal, self.signal))
-            else:
-                os.kill(os.getpid(), getattr(signal, self.signal))
+            for _ in range(self.repeat):  # e.g. Ctrl-C pressed twice
+                if self.group:
+                    os.killpg(os.getpgrp(), getattr(signal, self.signal))
+                else:
+                    os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 class RecordBatches(Callback):

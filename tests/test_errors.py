@@ -235,23 +235,28 @@ def test_offline_knn_reports_one_metric_per_name(capsys, tmp_path, pretrained):
 
 def test_second_fit_into_a_running_folder_names_the_running_process(capsys, tmp_path):
     """Two fits into one folder would both write checkpoints/last.ckpt; the second stops before its first step."""
-    marker = tmp_path / "waiting"
-    first = subprocess.Popen([sys.executable, "-m", "wcl", "fit", "--config", QUICK, *TINY, "--trainer.max_steps",
-                              "2", "--trainer.limit_val_batches", "0", "--trainer.default_root_dir",
-                              str(tmp_path / "run"), "--trainer.callbacks+=tests.helpers.WaitAtStep",
-                              "--trainer.callbacks.step=1", f"--trainer.callbacks.marker={marker}"],
-                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    marker, log = tmp_path / "waiting", tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen([sys.executable, "-m", "wcl", "fit", "--config", QUICK, *TINY, "--trainer.max_steps",
+                                  "2", "--trainer.limit_val_batches", "0", "--trainer.default_root_dir",
+                                  str(tmp_path / "run"), "--trainer.callbacks+=tests.helpers.WaitAtStep",
+                                  "--trainer.callbacks.step=1", f"--trainer.callbacks.marker={marker}"],
+                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while not marker.exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert marker.exists(), first.communicate()[0][-2000:]
+        assert marker.exists(), log.read_text()[-2000:]
         _fails(capsys, ["fit", "--config", QUICK, *TINY, "--trainer.default_root_dir", str(tmp_path / "run")],
                "another fit is running", str(tmp_path / "run"), f"pid {first.pid}")
     finally:
         marker.unlink(missing_ok=True)
-        out = first.communicate(timeout=300)[0]
-    assert first.returncode == 0, out[-2000:]
+        try:
+            first.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            raise
+    assert first.returncode == 0, log.read_text()[-2000:]
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
 
 

@@ -250,3 +250,15 @@ def test_resume_past_max_steps_and_with_accepted_changes(tmp_path, capsys):
     assert last["global_step"] == 8 and last["hyper_parameters"]["weak_weight"] == 0.5
     out = capsys.readouterr().out
     assert out.count("wcl: checkpoint:") == 3 and "metrics.csv" in out
+
+
+def test_second_ctrl_c_stops_at_once_and_keeps_the_last_whole_checkpoint(tmp_path):
+    """Ctrl-C twice in step 6 (epoch 2 of 4-step epochs): no checkpoint of a half-done step is written; last.ckpt
+    stays the one of the end of epoch 1, from which --ckpt_path last resumes exactly."""
+    cmd = [sys.executable, "-m", "wcl", *_tiny_fit(tmp_path, "--trainer.max_epochs", "2"),
+           "--trainer.callbacks+=tests.helpers.SignalAtStep", "--trainer.callbacks.step=6",
+           "--trainer.callbacks.signal=SIGINT", "--trainer.callbacks.repeat=2"]
+    stopped = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert stopped.returncode == 1, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert "wcl: stopped at once at step 6" in stopped.stdout and "is left as it was" in stopped.stdout
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
