@@ -64,7 +64,8 @@ def train(method: str, epochs: int, seed: int, run_dir: Path, quick: bool, threa
     else:
         cmd = [sys.executable, "-m", "wcl", "fit", *METHODS[method], "--seed_everything", str(seed),
                "--data.seed", str(seed), "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar",
-               "false", "--trainer.default_root_dir", str(run_dir), "--data.root", ROOT, *extra]
+               "false", "--trainer.default_root_dir", str(run_dir), "--overwrite", "true", "--data.root", ROOT,
+               *extra]
         if quick:
             cmd += ["--data.train_per_class", "64", "--data.val_per_class", "50"]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)

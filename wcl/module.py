@@ -103,7 +103,10 @@ class WCL(LightningModule):
         super().__init__()
         for key, value in (("temperature", temperature), ("weak_temperature", weak_temperature),
                            ("base_lr", base_lr), ("lars_eta", lars_eta), ("knn_temperature", knn_temperature),
-                           ("knn_k", knn_k)):
+                           ("knn_k", knn_k), ("width", width), ("proj_hidden_dim", proj_hidden_dim),
+                           ("proj_out_dim", proj_out_dim), ("proj_layers", proj_layers),
+                           ("weak_hidden_dim", weak_hidden_dim), ("weak_out_dim", weak_out_dim),
+                           ("weak_layers", weak_layers), ("online_lr", online_lr)):
             if value <= 0:
                 raise ConfigError(f"model.{key} must be > 0, got {value}")
         for key, value in (("weak_weight", weak_weight), ("weak_warmup_epochs", weak_warmup_epochs),
@@ -111,6 +114,11 @@ class WCL(LightningModule):
                            ("knn_every_n_epochs", knn_every_n_epochs)):
             if value < 0:
                 raise ConfigError(f"model.{key} must be >= 0, got {value}")
+        for key, value, high in (("momentum", momentum, "< 1"), ("min_lr_factor", min_lr_factor, "<= 1")):
+            if not (0 <= value < 1 if high == "< 1" else 0 <= value <= 1):
+                raise ConfigError(f"model.{key} must be >= 0 and {high}, got {value}")
+        if num_classes is not None and num_classes < 2:
+            raise ConfigError(f"model.num_classes must be >= 2 (or null, no online linear probe), got {num_classes}")
         if weak_weight == 0 and crop_losses == "weak":
             raise ConfigError("model.crop_losses: weak needs the weak-label term, but model.weak_weight is 0 "
                               "(SimCLR mode); set --model.crop_losses nce to give the crops to NT-Xent.")

@@ -13,7 +13,7 @@ from wcl.data.batched import BatchedViews
 from wcl.data.crops import CropOrigin, CropSource
 from wcl.data.datasets import source_of
 from wcl.data.loaders import IndexBatches, ResumableLoader
-from wcl.data.samples import EvalSamples, RawImage, TrainSamples
+from wcl.data.samples import EvalSamples, RawImage, TrainSamples, collate_raw
 from wcl.data.sampling import CROP, VIEW, sample_keys
 from wcl.data.subsets import class_balanced_fraction, named_subset
 from wcl.errors import ConfigError
@@ -97,7 +97,7 @@ class WCLDataModule(ImageData):
                           self.skipped)
         return ResumableLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                                num_workers=self.num_workers, pin_memory=self.pin_memory,
-                               persistent_workers=self.persistent_workers)
+                               persistent_workers=self.persistent_workers, collate_fn=collate_raw if raw else None)
 
     def val_dataloader(self) -> Any:
         return [] if self.source.splits.val is None else self.eval_loader("val")

@@ -8,6 +8,7 @@ training step does no host work. Every iterable is resumable in the middle of an
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,10 +21,21 @@ from wcl.data.sampling import CROP_SOURCE, EpochSampler, sample_keys, uniforms
 from wcl.distributed import rank, world_size
 
 
+def ignore_sigint(worker_id: int) -> None:
+    """Data-loader workers ignore Ctrl-C (a terminal sends it to every process of the job): the main process stops
+    after its current step, which may still need a prefetched batch, and ends the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader over an :class:`EpochSampler` whose position is saved in checkpoints."""
 
     sampler: EpochSampler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("num_workers", 0) > 0:
+            kwargs.setdefault("worker_init_fn", ignore_sigint)
+        super().__init__(*args, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import transforms as T
 
 from wcl.data.crops import CropSource
@@ -88,6 +88,19 @@ def _stack_or_explain(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tens
         raise DataError(f"in_memory needs images of one size, found {len(shapes)} sizes (e.g. {sorted(shapes)[:2]});"
                         " set data.decode_size to resize them when decoding.")
     return torch.stack([t for t, _ in items]), [y for _, y in items]
+
+
+def collate_raw(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` of undecoded training samples (``augment_on: device``), with one line naming
+    ``data.decode_size`` when their images differ in size (they are batched before they are cropped)."""
+    shapes = {tuple(it["raw"].shape) for it in items} | {tuple(it["crops_raw"].shape[1:]) for it in items
+                                                          if "crops_raw" in it and it["crops_raw"].shape[0] > 0}
+    if len(shapes) > 1:
+        sizes = sorted({s[1:] for s in shapes})[:2]
+        raise DataError(f"augment_on: device batches the decoded images before it augments them, so they need one "
+                        f"size, but a batch holds {len(shapes)} (e.g. {sizes}); set data.decode_size (e.g. 64) to "
+                        "resize them when decoding, or use augment_on: cpu.")
+    return default_collate(items)
 
 
 class TrainSamples(Dataset):
