@@ -1,4 +1,4 @@
-"""Command line: ``python -m wcl fit|validate|test --config …`` (LightningCLI).
+"""Command line: ``python -m wcl fit|validate|test|predict --config …`` (LightningCLI).
 
 Models and data modules are named by ``class_path`` in YAML (``wcl.WCL``, ``wcl.WCLDataModule``), so every
 ``__init__`` argument is a config key, and a misspelt key fails before anything runs. Mistakes end in one line,
@@ -153,6 +153,16 @@ class WCLCLI(LightningCLI):
         if splits is not None and splits.val is None:
             _note(f"{self.datamodule.source.root} has no val/ (or test/) folder: online evaluation is off (no kNN or "
                   "linear accuracy during the run); add a val/<class>/ split to measure it.")
+
+    def before_predict(self) -> None:
+        # predict's outputs are written by a callback (wcl.callbacks.EmbeddingWriter); returning them too would
+        # keep a second copy of every embedding in memory.
+        cfg = self.config_init[self.subcommand]
+        if cfg.get("ckpt_path") is not None:
+            raise ConfigError(f"predict embeds the checkpoint given as --model.checkpoint {cfg['ckpt_path']}, not "
+                              "--ckpt_path (which restores a whole run); pass it as --model.checkpoint.")
+        if cfg.get("return_predictions") is None:
+            cfg["return_predictions"] = False
 
     def _check_resume(self) -> None:
         """``--ckpt_path`` resumes this config: the checkpoint must be of the same model class with the same

@@ -58,6 +58,13 @@ class PlainProgress(ProgressBar):
         self._print(trainer, f"{self._epoch(trainer)} done in {time.perf_counter() - self._start:.1f} s"
                              + (f": {values}" if values else ""))
 
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        n, total = self.every_n_steps or trainer.log_every_n_steps, self.total_predict_batches_current_dataloader
+        if n > 0 and ((batch_idx + 1) % n == 0 or batch_idx + 1 == total):
+            loaders = len(trainer.num_predict_batches)
+            self._print(trainer, f"predict loader {dataloader_idx + 1}/{loaders} batch {batch_idx + 1}/{total}")
+
 
 class Preflight(Callback):
     """Before the first step, reads one batch from the validation loader and, when the online kNN runs, the kNN

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import ImageFolder
 
 from wcl.data.augment import Augmentations, eval_transform
 from wcl.data.datasets import DatasetName
@@ -129,6 +131,26 @@ class ImageData(LightningDataModule):
         if shard and world_size() > 1:
             ds = Subset(ds, range(rank(), len(ds), world_size()))
         return self._loader(ds, self.eval_batch_size)
+
+    def predict_splits(self) -> dict[str, Dataset]:
+        """What ``python -m wcl predict`` embeds, by output folder: ``train`` (the pretraining images), and the
+        validation split where there is one, named after its folder (``val`` or ``test``; ``test`` for CIFAR and
+        STL-10)."""
+        splits = {"train": self.source.pretrain}
+        val = self.source.splits.val
+        if val is not None:
+            base = val
+            while isinstance(base, Subset):
+                base = base.dataset
+            root = getattr(base, "root", None)
+            splits[Path(root).name if isinstance(base, ImageFolder) and root else "test"] = val
+        return splits
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        """One loader per :meth:`predict_splits` entry, ``{"image", "index", "label"}`` with the eval transform, in
+        dataset order (Lightning shards it over ranks without padding)."""
+        return [self._loader(self.eval_samples(ds), self.eval_batch_size, persistent_workers=False)
+                for ds in self.predict_splits().values()]
 
     def eval_dataset(self, split: Literal["bank", "val"]) -> EvalSamples:
         """A split's samples ``{"image", "index", "label"}`` with the evaluation transform, decoded from files."""
