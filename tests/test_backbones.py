@@ -22,12 +22,14 @@ BACKBONES = {  # a timm ViT (2 blocks) and a BatchNorm torchvision net without d
     "timm_vit": ["--model.backbone", "timm:vit_tiny_patch16_224", "--model.backbone_args", json.dumps(VIT)],
     "torchvision": ["--model.backbone", "torchvision:shufflenet_v2_x0_5"],
 }
-# The quickstart with 2 steps per epoch and a constant learning rate, so 1 + 1 epochs equal 2 straight epochs.
+# The quickstart on 20 images (2 steps per epoch) cropped to 16 px, with a constant learning rate, so 1 + 1 epochs
+# equal 2 straight epochs.
 PRETRAIN = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.width", "64", "--model.cifar_stem", "false",
             "--model.proj_hidden_dim", "16", "--model.weak_hidden_dim", "16", "--model.optimizer", "adamw",
             "--model.base_lr", "1e-3", "--model.warmup_epochs", "0", "--model.min_lr_factor", "1.0",
             "--model.knn_every_n_epochs", "0", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar",
-            "false", "--data.train_per_class", "2", "--data.batch_size", "10", "--data.num_workers", "0"]
+            "false", "--data.train_per_class", "2", "--data.batch_size", "10", "--data.num_workers", "0",
+            "--data.augment.crop_size", "16"]
 SMALL_EVAL = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--data.train_per_class", "10",
               "--data.val_per_class", "1", "--data.num_workers", "0"]
 
