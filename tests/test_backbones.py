@@ -129,3 +129,29 @@ def test_vit_two_ddp_ranks_equal_one_rank_with_the_global_batch():
     for name, delta in single.items():
         torch.testing.assert_close(ddp[name], delta, rtol=1e-5, atol=1e-8, msg=name)
     assert float(single["backbone.pos_embed"].abs().max()) > 0 and float(single["backbone.cls_token"].abs().max()) > 0
+
+
+RECIPES = ["cifar10/wcl_vit.yaml", "imagenet/wcl_vit_small.yaml"]
+
+
+@pytest.mark.parametrize("overlay", ["simclr.yaml", "multicrop.yaml", "official.yaml"])
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_vit_recipes_compose_with_the_overlays(recipe, overlay, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(ROOT / "configs" / recipe), "--config", str(ROOT / "configs" / overlay),
+              "--print_config"])
+    assert exc.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "backbone: timm:vit_small_patch16_224" in out and "optimizer: " in out
+
+
+@pytest.mark.parametrize("recipe,crop", [(RECIPES[0], 16), (RECIPES[1], 96)])
+def test_vit_recipe_builds_and_takes_its_multicrop_crops(recipe, crop):
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / recipe).read_text())["model"]["init_args"]
+    model = WCL(**cfg).eval()
+    size = cfg.get("backbone_args", {}).get("img_size", 224)
+    assert model.backbone.out_dim == 384 and not model.backbone.convolutional  # ViT-S: 384 features
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, size, size)).shape == model(torch.randn(1, 3, crop, crop)).shape == (1, 384)
