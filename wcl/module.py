@@ -17,8 +17,7 @@ from wcl.distributed import gather_nograd
 from wcl.errors import ConfigError
 from wcl.graph import GraphBackend, weak_label_stats
 from wcl.losses import CropWeighting, NTXentLoss, WeakLabelLoss
-from wcl.models import ProjectionHead, build_resnet
-from wcl.models.backbones import ResNetName
+from wcl.models import ProjectionHead, build_backbone
 from wcl.optim import LRScaling, OptimizerName
 
 
@@ -29,8 +28,13 @@ class WCL(LightningModule):
     batch, with ``h = backbone(x)``. ``weak_weight: 0`` is SimCLR from the same code (and builds no ``phi``).
 
     Args:
-        backbone: ResNet depth. width: base width (64 standard, 16 for CPU runs). cifar_stem: 3×3 stride-1
-            first convolution and no max-pool, for 32-px images.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` (wcl's ResNets), ``torchvision:<name>`` (a classification
+            model of torchvision.models.list_models(), classifier removed) or ``timm:<name>`` (timm.create_model(name,
+            num_classes=0); pip install "wcl[timm]"). The feature dimension is read from the model.
+        width: base width of wcl's ResNets (64 standard, 16 for CPU runs); other backbones need the default 64.
+        cifar_stem: 3×3 stride-1 first convolution and no max-pool, for 32-px images (wcl's ResNets only).
+        backbone_args: keyword arguments of the torchvision / timm constructor, e.g. ``{img_size: 32, patch_size:
+            4}`` for a ViT on 32-px images (timm ViTs get ``dynamic_img_size: true`` unless set, for multi-crop).
         proj_hidden_dim, proj_out_dim, proj_layers: the NT-Xent head ``g``.
         weak_hidden_dim, weak_out_dim, weak_layers: the weak-label head ``phi`` (official code: 3 layers).
         temperature: τ of NT-Xent. weak_temperature: τ of the weak-label loss.
@@ -55,7 +59,7 @@ class WCL(LightningModule):
             disables it). online_lr: its lr (it trains on detached features and never touches the backbone).
         knn_k, knn_temperature, knn_every_n_epochs: the online weighted kNN (``wcl.callbacks.OnlineKnn``), every
             n epochs and after the last one (0 turns it off).
-        channels_last: run the backbone in channels-last memory format.
+        channels_last: run a convolutional backbone in channels-last memory format (never one with attention).
         compile_backbone: ``torch.compile`` the backbone in place (checkpoint keys do not change); ``auto``
             compiles on CUDA devices only. compile_mode: its ``mode``.
         check_finite: stop with a clear error when a loss term is NaN/inf (``wcl.callbacks.FiniteLossGuard``).
@@ -63,9 +67,10 @@ class WCL(LightningModule):
 
     def __init__(
         self,
-        backbone: ResNetName = "resnet50",
+        backbone: str = "resnet50",
         width: int = 64,
         cifar_stem: bool = False,
+        backbone_args: dict[str, Any] | None = None,
         proj_hidden_dim: int = 2048,
         proj_out_dim: int = 128,
         proj_layers: int = 2,
@@ -123,7 +128,7 @@ class WCL(LightningModule):
             raise ConfigError("model.crop_losses: weak needs the weak-label term, but model.weak_weight is 0 "
                               "(SimCLR mode); set --model.crop_losses nce to give the crops to NT-Xent.")
         self.save_hyperparameters()
-        self.backbone = build_resnet(backbone, width, cifar_stem)
+        self.backbone = build_backbone(backbone, width, cifar_stem, backbone_args)
         feat_dim = self.backbone.out_dim
         self.g = ProjectionHead(feat_dim, proj_hidden_dim, proj_out_dim, proj_layers)
         # SimCLR mode (weak_weight 0) has no phi: an unused head would also leave DDP gradient buckets unreduced.
@@ -133,8 +138,9 @@ class WCL(LightningModule):
             if self.phi is not None else None
         self.classifier = nn.Linear(feat_dim, num_classes) if num_classes else None
         self.online_top1 = MulticlassAccuracy(num_classes, average="micro") if num_classes else None
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
+        self.memory_format = torch.channels_last if channels_last and self.backbone.convolutional \
+            else torch.contiguous_format
+        if self.memory_format == torch.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -46,7 +46,8 @@ class _SupervisedEval(LightningModule):
         self.best_top1 = 0.0
 
     def features(self, x: Tensor) -> Tensor:
-        return self.backbone(x.contiguous(memory_format=torch.channels_last))
+        fmt = torch.channels_last if getattr(self.backbone, "convolutional", True) else torch.contiguous_format
+        return self.backbone(x.contiguous(memory_format=fmt))
 
     def logits(self, batch: dict[str, Any]) -> Tensor:
         return self.classifier(self.features(batch["image"]))
@@ -118,7 +119,7 @@ class LinearProbe(_SupervisedEval):
 
     def train(self, mode: bool = True) -> LinearProbe:
         super().train(mode)
-        self.backbone.eval()  # frozen: BN statistics stay those of pretraining
+        self.backbone.eval()  # frozen: BN statistics stay those of pretraining, no dropout / drop-path (ViTs)
         return self
 
     def logits(self, batch: dict[str, Any]) -> Tensor:
