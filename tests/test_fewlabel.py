@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from tests.helpers import free_port
 from wcl import WCL, LabelledDataModule, WCLDataModule
 from wcl.cli import main
+from wcl.data.datasets import targets_of
 from wcl.distributed import destroy_process_group
 from wcl.errors import ConfigError, DataError
 from wcl.losses import WeakLabelLoss, rank_share
@@ -57,7 +58,7 @@ def test_knn_bank_is_the_labelled_subset(in_memory):
     dm = WCLDataModule(label_fraction=0.1, seed=0, train_per_class=20, eval_batch_size=7, num_workers=0, **kw)
     labels = torch.cat([b["label"] for b in dm.eval_loader("bank")])
     subset = dm.known_subset
-    assert labels.tolist() == [subset.dataset.targets[i] for i in subset.indices] and len(labels) == 20
+    assert labels.tolist() == targets_of(subset) and len(labels) == 20
     assert "kNN bank: those images" in dm.protocol() and "10 % labels (20 of 200 images" in dm.protocol()
     everything = WCLDataModule(label_fraction=0.1, train_per_class=20, bank="all", num_workers=0, **kw)
     assert len(torch.cat([b["label"] for b in everything.eval_loader("bank")])) == 200
