@@ -17,7 +17,8 @@ from wcl.cli import main
 from wcl.data.datasets import targets_of
 from wcl.distributed import destroy_process_group
 from wcl.errors import ConfigError, DataError
-from wcl.losses import WeakLabelLoss, rank_share
+from wcl.graph import weak_labels
+from wcl.losses import WeakLabelLoss, rank_share, weak_label_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = str(ROOT / "configs" / "quickstart.yaml")
@@ -151,3 +152,30 @@ def test_pretrain_with_label_graph_then_finetune_on_the_same_labels(tmp_path, ca
           "--data.seed", "2", "--trainer.default_root_dir", str(fine)])
     assert "wcl: labels: trained on 50 % labels (10 of 20 images" in capsys.readouterr().out
     assert next(fine.rglob("labelled_subset.txt")).read_text().split() == names
+
+
+@pytest.mark.parametrize("crop_weighting", ["anchor", "term"])
+@pytest.mark.parametrize("crops", [0, 2])
+def test_rank_balanced_loss_is_the_global_mean_with_singletons(crops, crop_weighting):
+    """Ranks simulated in one process (each scores its anchors against the global batch): the mean of the rank
+    losses is the global-batch loss, although a singleton component leaves the ranks unequal anchor counts."""
+    v1, v2, known = _inputs()
+    l1, l2 = weak_labels(v1, known=known), weak_labels(v2, known=known)
+    g = torch.Generator().manual_seed(5)
+    small = torch.randn(crops * WORLD * B, DIM, generator=g, dtype=torch.float64)
+    owner = torch.arange(WORLD * B).repeat(crops)  # crop-major, as the module concatenates them
+    kw = {"labels1": l1, "labels2": l2, "crop_weighting": crop_weighting, "rank_balanced": True}
+    ref = weak_label_loss(v1, v2, 0.2, small=small if crops else None, small_owner=owner if crops else None, **kw)
+    per_rank = []
+    for r in range(WORLD):
+        sl = slice(r * B, (r + 1) * B)
+        mine = (owner >= r * B) & (owner < (r + 1) * B)
+        per_rank.append(weak_label_loss(v1[sl], v2[sl], 0.2, v1_all=v1, v2_all=v2, offset=r * B,
+                                        small=small[mine] if crops else None,
+                                        small_owner=owner[mine] - r * B if crops else None, **kw))
+    assert float(rank_share(l2, B, 0)) != 1.0
+    assert sum(per_rank).item() / WORLD == pytest.approx(ref.item(), abs=1e-12)
+    unbalanced = [weak_label_loss(v1[r * B:(r + 1) * B], v2[r * B:(r + 1) * B], 0.2, v1_all=v1, v2_all=v2,
+                                  offset=r * B, labels1=l1, labels2=l2) for r in range(WORLD)]
+    if not crops:  # without the balancing the mean of the ranks is not the global loss
+        assert sum(unbalanced).item() / WORLD != pytest.approx(ref.item(), abs=1e-9)

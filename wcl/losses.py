@@ -225,7 +225,8 @@ def rank_share(labels: Tensor, local: int, offset: int, crops: int = 0,
     ``crops``: crop anchors per rank (the same on every rank).
     """
     world = labels.shape[0] // local
-    has_pos = (torch.bincount(labels, minlength=labels.shape[0])[labels] >= 2).view(world, local).sum(1).double()
+    sizes = torch.zeros_like(labels).scatter_add_(0, labels, torch.ones_like(labels))  # bincount would sync on CUDA
+    has_pos = (sizes[labels] >= 2).view(world, local).sum(1).double()
     if crop_weighting == "term" and crops > 0:
         weight = 0.5 * has_pos / local + 0.5
     else:
