@@ -164,6 +164,10 @@ class WCLCLI(LightningCLI):
         if cfg.get("return_predictions") is None:
             cfg["return_predictions"] = False
 
+    def after_validate(self) -> None:
+        if self.trainer.is_global_zero and hasattr(self.trainer.datamodule, "protocol"):
+            print(f"wcl: labels: {self.trainer.datamodule.protocol()}", flush=True)
+
     def _check_resume(self) -> None:
         """``--ckpt_path`` resumes this config: the checkpoint must be of the same model class with the same
         arguments (``--resume_with_changes true`` accepts changed ones)."""
@@ -248,6 +252,8 @@ class WCLCLI(LightningCLI):
         knn = next((cb for cb in trainer.callbacks if isinstance(cb, OnlineKnn)), None)
         if knn is not None and knn.best_top1 is not None:
             lines.append(f"wcl: best val/knn_top1 = {knn.best_top1:.4f}")
+        if hasattr(trainer.datamodule, "protocol"):  # which labels the numbers above used
+            lines.append(f"wcl: labels: {trainer.datamodule.protocol()}")
         ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
         if ckpt is not None:
             path = ckpt.last_model_path or ckpt.best_model_path

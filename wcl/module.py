@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from wcl import optim
-from wcl.callbacks import FiniteLossGuard, OnlineKnn
+from wcl.callbacks import FiniteLossGuard, LabelledSubsetFile, OnlineKnn
 from wcl.callbacks.monitor import is_logging_step
 from wcl.distributed import gather_nograd
 from wcl.errors import ConfigError
@@ -42,6 +42,10 @@ class WCL(LightningModule):
             this many epochs (0 = full weight from the start).
         graph_backend: where connected components are found: ``scipy``, ``torch`` or ``auto`` (torch on
             accelerators, scipy on CPU).
+        label_graph: the known labels (``data.label_fraction`` / ``data.subset_file``, label -1 elsewhere) constrain
+            the weak-label graph of the global batch: labelled samples of one class are linked, a 1-NN edge between
+            labelled samples of different classes is dropped (:func:`wcl.graph.label_constraints`). This project's
+            extension, not the paper's; off by default.
         candidates_grad: true: the gradient of the global-batch loss, through anchors and every candidate of
             every rank. false: the official code's — in NT-Xent other ranks' embeddings are constants; in the
             weak-label loss every candidate is (this rank's own too), so that term's gradient flows through its
@@ -82,6 +86,7 @@ class WCL(LightningModule):
         weak_weight: float = 1.0,
         weak_warmup_epochs: float = 0.0,
         graph_backend: GraphBackend = "auto",
+        label_graph: bool = False,
         candidates_grad: bool = True,
         crop_losses: Literal["both", "nce", "weak"] = "both",
         crop_weighting: CropWeighting = "anchor",
@@ -127,6 +132,9 @@ class WCL(LightningModule):
         if weak_weight == 0 and crop_losses == "weak":
             raise ConfigError("model.crop_losses: weak needs the weak-label term, but model.weak_weight is 0 "
                               "(SimCLR mode); set --model.crop_losses nce to give the crops to NT-Xent.")
+        if label_graph and weak_weight == 0:
+            raise ConfigError("model.label_graph puts the known labels into the weak-label graph, but model.weak_weight"
+                              " is 0 (SimCLR mode, no graph); set a weak_weight > 0 or label_graph: false.")
         self.save_hyperparameters()
         self.backbone = build_backbone(backbone, width, cifar_stem, backbone_args)
         feat_dim = self.backbone.out_dim
@@ -148,6 +156,11 @@ class WCL(LightningModule):
         return self.backbone(x.contiguous(memory_format=self.memory_format))
 
     def setup(self, stage: str) -> None:
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and self.hparams.label_graph and dm is not None and not getattr(dm, "label_subset", True):
+            raise ConfigError("model.label_graph uses the labels of data.label_fraction / data.subset_file, and neither"
+                              " is set, so every training label would be known; set --data.label_fraction (1.0 for "
+                              "all labels).")
         mode = self.hparams.compile_backbone
         if stage == "fit" and (mode is True or (mode == "auto" and self.device.type == "cuda")):
             # One graph per input shape (views, crops, evaluation) instead of dynamic-shape kernels.
@@ -157,13 +170,15 @@ class WCL(LightningModule):
         """The callbacks this model's arguments configure: the online kNN and the non-finite-loss guard."""
         hp = self.hparams
         callbacks: list[Callback] = [FiniteLossGuard()] if hp.check_finite else []
+        callbacks.append(LabelledSubsetFile())  # writes the known-label list when the data module has one
         if hp.knn_every_n_epochs > 0:
             callbacks.append(OnlineKnn(hp.knn_k, hp.knn_temperature, hp.knn_every_n_epochs))
         return callbacks
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """batch: ``{"views": [x1, x2] (B×3×S×S), "index", "label"}`` (+ ``"small"``: crops) → the loss, and for
+        """batch: ``{"views": [x1, x2] (B×3×S×S), "index", "label"}`` (+ ``"small"``: crops; ``"true_label"``:
+        every image's class where ``"label"`` is -1 for the unknown ones) → the loss, and for
         the callbacks ``h1`` (detached B×D), ``index`` and the loss ``terms``."""
         x1, x2 = batch["views"]
         h1, h2 = self(x1), self(x2)
@@ -174,7 +189,8 @@ class WCL(LightningModule):
         loss = terms["loss_nce"]
         if self.phi is not None:
             weak_crops = (self.phi(small), owner) if small is not None and hp.crop_losses != "nce" else (None, None)
-            terms["loss_weak"], _, labels2 = self.weak_loss(self.phi(h1), self.phi(h2), *weak_crops)
+            known = batch["label"] if hp.label_graph else None
+            terms["loss_weak"], _, labels2 = self.weak_loss(self.phi(h1), self.phi(h2), *weak_crops, known)
             loss = loss + self.current_weak_weight() * terms["loss_weak"]
         if self.classifier is not None:  # online linear probe on detached features; unlabelled samples ignored
             target = batch["label"]
@@ -183,7 +199,8 @@ class WCL(LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items()} | {"train/loss": loss}, batch_size=len(x1))
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(x1))
         if self.phi is not None and self._logging_step():  # diagnostics read values back: only when logged
-            stats = weak_label_stats(labels2, gather_nograd(batch["label"]))
+            # purity needs every image's class: the data module's true labels where it masks the unknown ones
+            stats = weak_label_stats(labels2, gather_nograd(batch.get("true_label", batch["label"])))
             self.log_dict({f"weak_labels/{k}": v for k, v in stats.items()}, batch_size=len(x1))
             self.log("train/weak_weight", self.current_weak_weight(), batch_size=len(x1))
         total = loss + terms.get("online_linear_loss", 0.0)

@@ -109,14 +109,15 @@ class TrainSamples(Dataset):
     ``views(epoch)`` gives the view transform of an epoch (a torchvision pipeline, or :class:`RawImage` for the
     device path, whose views are made after the transfer), ``crop_view(epoch)`` the one of the low-resolution crops.
     Every random draw for sample i in epoch e is seeded by (seed, e, i), so the sample is the same whichever worker,
-    rank or resumed run produces it.
+    rank or resumed run produces it. With ``known`` (BoolTensor[N]) only those samples keep their ``"label"`` (-1
+    elsewhere) and ``"true_label"`` holds the dataset's label, for diagnostics.
     """
 
     def __init__(self, base: Dataset, views: Callable[[int], Callable], crops: CropSource | None,
                  crop_view: Callable[[int], Callable] | None, raw: bool, seed: int, epoch: SharedInt,
-                 skipped: SharedInt | None = None) -> None:
+                 skipped: SharedInt | None = None, known: torch.Tensor | None = None) -> None:
         self.base, self.views, self.crops, self.crop_view, self.raw = base, views, crops, crop_view, raw
-        self.seed, self.epoch, self.skipped = seed, epoch, skipped
+        self.seed, self.epoch, self.skipped, self.known = seed, epoch, skipped, known
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -131,6 +132,8 @@ class TrainSamples(Dataset):
         i, img, y = load_or_skip(self.base, i, self.skipped)
         view = self.views(epoch)
         sample: dict[str, Any] = {"index": i, "label": int(y)}
+        if self.known is not None:
+            sample["true_label"], sample["label"] = int(y), int(y) if bool(self.known[i]) else -1
         if self.raw:
             sample["raw"] = view(img)
         else:
