@@ -51,7 +51,7 @@ class LightlySimCLR(LightningModule):
         set_layout(self.backbone, self.device)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(to_layout(x)))
+        return self.head(self.backbone(to_layout(self.backbone, x)))
 
     def training_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
         (x1, x2), _ = batch

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from wcl import WCL
 from wcl.models.layout import memory_format, set_layout, to_layout
@@ -14,13 +15,16 @@ from wcl.models.layout import memory_format, set_layout, to_layout
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_channels_last_only_on_cuda():
-    assert memory_format("cuda", True) == torch.channels_last
-    assert memory_format(torch.device("cuda", 1), True) == torch.channels_last
-    assert memory_format("cuda", False) == torch.contiguous_format
-    assert memory_format("cpu", True) == torch.contiguous_format
+def test_channels_last_only_for_convolutional_trunks_on_cuda():
+    conv, attention = nn.Conv2d(3, 4, 3), nn.Identity()
+    attention.convolutional = False  # what wcl.models.backbones sets on ViTs
+    assert memory_format(conv, "cuda") == torch.channels_last
+    assert memory_format(conv, torch.device("cuda", 1)) == torch.channels_last
+    assert memory_format(conv, "cuda", channels_last=False) == torch.contiguous_format
+    assert memory_format(attention, "cuda") == torch.contiguous_format
+    assert memory_format(conv, "cpu") == torch.contiguous_format
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
-    assert to_layout(x).is_contiguous()
+    assert to_layout(conv, x).is_contiguous()
 
 
 def test_wcl_on_cpu_keeps_weights_and_inputs_contiguous():

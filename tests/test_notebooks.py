@@ -22,7 +22,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_weak_labels.ipynb", "03_evaluate.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_weak_labels.ipynb", "03_evaluate.ipynb",
+                                          "04_explore.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -31,3 +32,12 @@ def test_notebook_executes(path, run_dir):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+def test_explore_notebook_outputs_are_clean():
+    """04 is committed with outputs: no terminal colour codes and no paths of the machine that ran it."""
+    nb = nbformat.read(NOTEBOOKS[-1], as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert text and "\x1b[" not in text
+    for machine in ("/work/", "/tmp/", "/home/", "/root/"):
+        assert machine not in text, machine
