@@ -15,6 +15,7 @@ from wcl import WCL
 from wcl.cli import main
 from wcl.eval.checkpoint import load_backbone
 from wcl.export import main as export_main
+from wcl.models.layout import memory_format
 
 ROOT = Path(__file__).resolve().parents[1]
 VIT = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 16, "num_heads": 2}
@@ -91,7 +92,7 @@ def test_vit_probe_runs_its_frozen_backbone_without_dropout(tmp_path):
     assert not probe.backbone.training and probe.classifier.training
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(probe.features(x), probe.features(x))  # dropout 0.5 would differ
-    assert not model.backbone.convolutional and model.memory_format == torch.contiguous_format
+    assert not model.backbone.convolutional and memory_format(model.backbone, "cuda") == torch.contiguous_format
 
 
 def test_vit_with_multicrop_crops_trains():

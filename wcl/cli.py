@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -30,6 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wcl.distributed import destroy_process_group
 from wcl.errors import ConfigError, WCLError
+from wcl.tracking import SaveConfig
 
 PROG = "python -m wcl"
 
@@ -431,6 +433,30 @@ def _user_error(err: BaseException) -> str | None:
     return None
 
 
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")  # gloo, when a peer process is gone
+
+
+def _lost_rank(err: BaseException) -> str | None:
+    """The one-line message for a collective that failed because another rank's process died (killed, out of
+    memory, crashed): gloo closes the connection and every survivor stops at its next collective."""
+    seen: BaseException | None = err
+    while seen is not None and not (isinstance(seen, RuntimeError) and any(s in str(seen) for s in _PEER_GONE)):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:  # the process group is gone already: the launchers' variables
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 0))
+    peer = re.search(r"peer \[?([^\]\s]+?)\]?:(\d+)", str(seen))
+    lost = f"rank {1 - rank}" if world == 2 else "another rank" + (f" (at {peer[1]}:{peer[2]})" if peer else "")
+    run = f"this {world}-process run" if world else "this run"
+    return (f"{lost} of {run} is gone (its process died: killed, out of memory or crashed; see its log), so rank "
+            f"{rank} stops too. Resume from the last checkpoint with --ckpt_path last.")
+
+
 def _quiet() -> None:
     """Drop third-party noise from every run: an advertisement and a deprecation warning of Lightning internals."""
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
@@ -443,10 +469,13 @@ def main(args: list[str] | None = None) -> None:
     _quiet()
     try:
         WCLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
-               save_config_kwargs={"overwrite": True}, seed_everything_default=0)
+               save_config_callback=SaveConfig, save_config_kwargs={"overwrite": True}, seed_everything_default=0)
     except SIGTERMException as stop:  # SIGTERM or Ctrl-C: last.ckpt was saved; a non-zero exit stops `fit && probe`
         sys.exit(128 + int(getattr(stop, "signum", 15)))
     except Exception as err:
+        if (lost := _lost_rank(err)) is not None:
+            print(f"wcl: error: {lost}", file=sys.stderr, flush=True)
+            sys.exit(1)
         message = _user_error(err)
         if message is None:
             raise

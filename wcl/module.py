@@ -18,6 +18,7 @@ from wcl.errors import ConfigError
 from wcl.graph import GraphBackend, weak_label_stats
 from wcl.losses import CropWeighting, NTXentLoss, WeakLabelLoss
 from wcl.models import ProjectionHead, build_backbone
+from wcl.models.layout import set_layout, to_layout
 from wcl.optim import LRScaling, OptimizerName
 
 
@@ -63,7 +64,8 @@ class WCL(LightningModule):
             disables it). online_lr: its lr (it trains on detached features and never touches the backbone).
         knn_k, knn_temperature, knn_every_n_epochs: the online weighted kNN (``wcl.callbacks.OnlineKnn``), every
             n epochs and after the last one (0 turns it off).
-        channels_last: run a convolutional backbone in channels-last memory format (never one with attention).
+        channels_last: run a convolutional backbone in channels-last memory format on CUDA devices (never one with
+            attention; on CPU the backbone always runs contiguous: see ``wcl.models.layout``).
         compile_backbone: ``torch.compile`` the backbone in place (checkpoint keys do not change); ``auto``
             compiles on CUDA devices only. compile_mode: its ``mode``.
         check_finite: stop with a clear error when a loss term is NaN/inf (``wcl.callbacks.FiniteLossGuard``).
@@ -146,16 +148,13 @@ class WCL(LightningModule):
             if self.phi is not None else None
         self.classifier = nn.Linear(feat_dim, num_classes) if num_classes else None
         self.online_top1 = MulticlassAccuracy(num_classes, average="micro") if num_classes else None
-        self.memory_format = torch.channels_last if channels_last and self.backbone.convolutional \
-            else torch.contiguous_format
-        if self.memory_format == torch.channels_last:
-            self.backbone = self.backbone.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         """Backbone features: B×3×H×W → B×D."""
-        return self.backbone(x.contiguous(memory_format=self.memory_format))
+        return self.backbone(to_layout(self.backbone, x, self.hparams.channels_last))
 
     def setup(self, stage: str) -> None:
+        set_layout(self.backbone, self.device, self.hparams.channels_last)  # self.device: the strategy's device
         dm = self._trainer.datamodule if self._trainer is not None else None
         if stage == "fit" and self.hparams.label_graph and dm is not None and not getattr(dm, "label_subset", True):
             raise ConfigError("model.label_graph uses the labels of data.label_fraction / data.subset_file, and neither"

@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
+from wcl.models.layout import set_layout, to_layout
 from wcl.optim import global_batch_size, scaled_lr, warmup_cosine
 
 
@@ -45,9 +46,11 @@ class _SupervisedEval(LightningModule):
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
         self.best_top1 = 0.0
 
+    def setup(self, stage: str) -> None:
+        set_layout(self.backbone, self.device)
+
     def features(self, x: Tensor) -> Tensor:
-        fmt = torch.channels_last if getattr(self.backbone, "convolutional", True) else torch.contiguous_format
-        return self.backbone(x.contiguous(memory_format=fmt))
+        return self.backbone(to_layout(self.backbone, x))
 
     def logits(self, batch: dict[str, Any]) -> Tensor:
         return self.classifier(self.features(batch["image"]))
