@@ -37,6 +37,10 @@ class PlainProgress(ProgressBar):
         total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         return f"epoch {trainer.current_epoch + 1}{total}"
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A run resumed in the middle of an epoch gets no on_train_epoch_start for that epoch.
+        self._start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
 

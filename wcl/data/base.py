@@ -14,7 +14,7 @@ from torchvision.datasets import ImageFolder
 
 from wcl.data.augment import Augmentations, eval_transform
 from wcl.data.datasets import DatasetName
-from wcl.data.loaders import EvalBatches
+from wcl.data.loaders import EvalBatches, ignore_sigint
 from wcl.data.samples import EvalSamples
 from wcl.data.sampling import EpochSampler, SharedInt
 from wcl.data.source import DataSource, InMemory
@@ -65,8 +65,9 @@ class ImageData(LightningDataModule):
         skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
+        resize = 1 if eval_resize is None else eval_resize  # None: no resize
         for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-                                ("num_workers", num_workers, 0), ("eval_resize", eval_resize or 1, 1)):
+                                ("num_workers", num_workers, 0), ("eval_resize", resize, 1)):
             if value < low:
                 raise ConfigError(f"data.{key} must be >= {low}, got {value}")
         # Resolving the source here checks the root at start-up (before any process is launched) and gives
@@ -115,6 +116,8 @@ class ImageData(LightningDataModule):
         settings = {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
                     "persistent_workers": self.persistent_workers, **kwargs}
         settings["persistent_workers"] &= settings["num_workers"] > 0
+        if settings["num_workers"] > 0:
+            settings.setdefault("worker_init_fn", ignore_sigint)
         return DataLoader(ds, batch_size=batch_size, **settings)
 
     def eval_loader(self, split: Literal["bank", "val"], shard: bool = False) -> Any:

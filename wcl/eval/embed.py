@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import Callback, LightningModule
 from torch import Tensor
 
 from wcl.callbacks.predict import EmbeddingWriter
 from wcl.eval.checkpoint import load_backbone
+from wcl.models.layout import set_layout, to_layout
 
 
 class Embedder(LightningModule):
@@ -36,8 +36,11 @@ class Embedder(LightningModule):
         self.backbone, self.arch = load_backbone(checkpoint)
         self.backbone.eval().requires_grad_(False)
 
+    def setup(self, stage: str) -> None:
+        set_layout(self.backbone, self.device)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.backbone(x.contiguous(memory_format=torch.channels_last))
+        return self.backbone(to_layout(self.backbone, x))
 
     def configure_callbacks(self) -> list[Callback]:
         hp = self.hparams

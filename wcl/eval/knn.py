@@ -9,6 +9,7 @@ from lightning.pytorch import Callback, LightningModule
 from torch import Tensor
 
 from wcl.callbacks.knn import OnlineKnn
+from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
 from wcl.neighbors import ShardedKnn, knn_predict
 
@@ -28,6 +29,9 @@ class KNNEval(LightningModule):
     def __init__(self, checkpoint: str, num_classes: int | None = None, k: int = 200,
                  temperature: float = 0.1) -> None:
         super().__init__()
+        if k < 1 or temperature <= 0:
+            raise ConfigError(f"model.k must be >= 1 and model.temperature > 0, got k={k}, temperature={temperature}")
+
         self.save_hyperparameters()
         self.backbone, _ = load_backbone(checkpoint)
 
