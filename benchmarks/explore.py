@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wcl.explore import DUP_THRESHOLD
+
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = ROOT.parent / "shared" / "datasets" / "cifar10"
 _PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
@@ -136,7 +138,9 @@ def duplicate_threshold(ckpt: Path, per_class: int | None) -> dict:
     return {"images": len(v), "copy_cosine_p1": q(same, 0.01), "copy_cosine_p5": q(same, 0.05),
             "copy_cosine_median": q(same, 0.5), "nearest_other_p50": q(nearest_other, 0.5),
             "nearest_other_p99": q(nearest_other, 0.99), "nearest_other_p999": q(nearest_other, 0.999),
-            "nearest_other_max": round(float(nearest_other.max()), 4)}
+            "nearest_other_max": round(float(nearest_other.max()), 4),
+            "copies_at_default": round(float((same >= DUP_THRESHOLD).float().mean()), 4),
+            "false_at_default": round(float((nearest_other >= DUP_THRESHOLD).float().mean()), 4)}
 
 
 def rate(stdout: str, split: str) -> float:
