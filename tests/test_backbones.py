@@ -156,3 +156,24 @@ def test_vit_recipe_builds_and_takes_its_multicrop_crops(recipe, crop):
     assert model.backbone.out_dim == 384 and not model.backbone.convolutional  # ViT-S: 384 features
     with torch.no_grad():
         assert model(torch.randn(1, 3, size, size)).shape == model(torch.randn(1, 3, crop, crop)).shape == (1, 384)
+
+
+def test_compiled_vit_keeps_checkpoint_keys_and_outputs(monkeypatch):
+    calls = []
+    real_compile = torch.compile
+
+    def eager_compile(fn, **kwargs):  # dynamo traces for real; the eager backend skips the C++ code generation
+        calls.append(kwargs)
+        return real_compile(fn, **{**kwargs, "backend": "eager", "mode": None})
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    kw = dict(backbone="timm:vit_tiny_patch16_224", backbone_args=VIT, proj_hidden_dim=16, weak_hidden_dim=16)
+    torch.manual_seed(0)
+    plain = WCL(**kw).eval()
+    torch.manual_seed(0)
+    compiled = WCL(**kw, compile_backbone=True).eval()
+    compiled.setup("fit")
+    assert calls == [{"mode": "default", "dynamic": False}]
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(compiled(x), plain(x))

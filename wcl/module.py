@@ -58,7 +58,8 @@ class WCL(LightningModule):
         optimizer: ``lars``, ``sgd`` or ``adamw``. base_lr, lr_scaling: lr = base_lr·B/256 (``linear``),
             base_lr·√B (``sqrt``) or base_lr (``none``), B = global batch. momentum, weight_decay: as usual.
         lars_eta, lars_clip: LARS trust coefficient and clipping (:class:`wcl.optim.LARS`).
-        exclude_bias_norm: biases and normalisation parameters get no weight decay and no LARS adaptation.
+        exclude_bias_norm: biases, normalisation parameters and the tokens a backbone declares (a ViT's
+            ``cls_token``, ``pos_embed``) get no weight decay and no LARS adaptation.
         warmup_epochs: linear warm-up, then cosine decay (per step) to ``min_lr_factor``·lr.
         num_classes: classes of the online linear classifier (linked from the data module by the CLI; None
             disables it). online_lr: its lr (it trains on detached features and never touches the backbone).
