@@ -135,7 +135,7 @@ def test_label_graph_loss_two_ranks_equal_one_process():
 
 # ---------------------------------------------------------------- end to end
 def test_pretrain_with_label_graph_then_finetune_on_the_same_labels(tmp_path, capsys):
-    # data.seed 0: with this 4-channel toy network some other seeds make a CPU step minutes long (denormals?)
+    # data.seed 0: under this machine's load, tiny runs with some other seeds took minutes (cause not found)
     pre = tmp_path / "pre"
     main(["fit", "--config", QUICK, *TINY, "--data.label_fraction", "0.5", "--data.seed", "0",
           "--model.label_graph", "true", "--trainer.default_root_dir", str(pre)])
