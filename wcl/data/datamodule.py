@@ -119,6 +119,8 @@ class WCLDataModule(ImageData):
 
     def protocol(self) -> str:
         """The labels this run used, for the end-of-fit summary."""
+        if self.num_classes is None:
+            return "none (unlabelled data: no kNN bank)"
         total = len(self.source.split("bank"))  # type: ignore[arg-type]
         known = describe_subset(self.known_subset, self.label_fraction, self.subset_file, self.seed, total)
         if self.known_subset is None:
