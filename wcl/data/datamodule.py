@@ -33,14 +33,18 @@ class WCLDataModule(ImageData):
         augment_on: ``cpu`` — data-loader workers build the views with torchvision; ``device`` — workers (or, with
             ``in_memory``, no workers at all) deliver uint8 images and the views are made batched on the batch's
             device (:class:`~wcl.data.batched.BatchedViews`: the same augmentation, one call for all views).
-        augment_warmup_epochs: use ``warmup_augment`` (default: MoCo v2's weaker augmentation of the same size,
-            as in the official WCL code) for this many first epochs.
+        augment_warmup_epochs: use ``warmup_augment`` for this many first epochs.
+        warmup_augment: the augmentation of the warm-up epochs (default: MoCo v2's weaker augmentation of the
+            same size, as in the official WCL code).
         num_small_crops: low-resolution crops per sample (0 = two views only).
-        small_crop_size, small_crop_scale: their size in pixels and random-resized-crop scale range.
+        small_crop_size: size of the low-resolution crops in pixels.
+        small_crop_scale: random-resized-crop scale range of the low-resolution crops.
         small_crop_source: ``neighbors`` (WCL: cut from the sample's nearest neighbours of the previous epoch,
             found by the ``wcl.callbacks.KnnMultiCrop`` callback) or ``self`` (cut from the sample itself).
         first_epoch: crops before a neighbour table exists: ``self`` (from the sample itself) or ``none``.
-        (the other arguments: see :class:`~wcl.data.base.ImageData`)
+        (the other arguments — dataset, root, batch_size, … — see :class:`~wcl.data.base.ImageData`; ``python -m
+        wcl fit --data.help wcl.WCLDataModule`` lists them all, with the class's defaults: a ``--config`` sets its
+        own)
     """
 
     def __init__(
@@ -138,7 +142,9 @@ class LabelledDataModule(ImageData):
         subset_file: alternatively, a text file naming the labelled training images, one per line (file name,
             or path relative to the split folder), e.g. the standard ImageNet 1 % / 10 % lists.
         seed: seed of the ``label_fraction`` draw, of the epoch order and of the crops.
-        (the other arguments: see :class:`~wcl.data.base.ImageData`)
+        (the other arguments — dataset, root, batch_size, … — see :class:`~wcl.data.base.ImageData`; ``python -m
+        wcl fit --data.help wcl.LabelledDataModule`` lists them all, with the class's defaults: a ``--config`` sets
+        its own)
     """
 
     def __init__(self, *, train_augment: Literal["crop_flip", "none"] = "crop_flip",
