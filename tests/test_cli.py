@@ -118,3 +118,82 @@ def test_plain_progress_lines_when_output_is_not_a_terminal(tmp_path, capsys):
     main([*args[:i], *args[i + 2:], "--trainer.log_every_n_steps", "1"])
     out = capsys.readouterr().out
     assert "epoch 1/2 step 1/2: loss " in out and "epoch 2/2 done in " in out and "val/knn_top1" in out
+
+
+def _error_line(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    return next(line for line in capsys.readouterr().err.splitlines() if line.startswith("wcl: error:"))
+
+
+@pytest.mark.parametrize(("args", "pointer"), [
+    (["fit", "--config", "configs/quickstart.yaml", "--model.widht", "8"], "`python -m wcl fit --model.help wcl.WCL`"),
+    (["fit", "--config", "configs/quickstart.yaml", "--data.batch_size", "many"],
+     "`python -m wcl fit --data.help wcl.WCLDataModule`"),
+    (["fit", "--config", "configs/linear/quickstart.yaml", "--model.lrr", "3"],
+     "`python -m wcl fit --model.help wcl.LinearProbe`"),
+    (["fit", "--config", "configs/linear/quickstart.yaml", "--data.label_fractoin", "3"],
+     "`python -m wcl fit --data.help wcl.LabelledDataModule`"),
+    (["validate", "--config", "configs/knn/quickstart.yaml", "--model.kk", "3"],
+     "`python -m wcl validate --model.help wcl.KNNEval`"),
+    (["validate", "--config", "configs/knn/quickstart.yaml", "--trainer.devicez", "1"],
+     "`python -m wcl validate --help`"),
+], ids=["model", "data", "probe model", "probe data", "validate model", "validate trainer"])
+def test_errors_name_the_help_page_that_lists_the_key(args, pointer, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert pointer in _error_line(capsys, args)
+
+
+def test_help_names_the_pages_of_the_model_and_data_keys_and_offers_no_test(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--model.help wcl.WCL" in out or "--model.help CLASS" in out
+    for name in ("wcl.WCL", "wcl.WCLDataModule", "wcl.LinearProbe", "wcl.FineTune", "wcl.LabelledDataModule"):
+        assert name in out, name
+    assert "--print_config" in out and "class's own defaults" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "{fit,validate,predict}" in out and "test" not in out.split("{fit,validate,predict}")[1].split("\n")[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["test", "--config", "configs/quickstart.yaml"])
+    assert exc.value.code == 2
+
+
+def test_model_help_describes_each_key_with_its_own_text(capsys):
+    """One description per key: grouped ``a, b: …`` docstring lines would attach to ``a`` only."""
+    import docstring_parser
+
+    import wcl
+    from wcl.callbacks import KnnMultiCrop, OnlineKnn
+    from wcl.data.base import ImageData
+
+    for cls in (wcl.WCL, wcl.WCLDataModule, wcl.LabelledDataModule, ImageData, wcl.LinearProbe, wcl.FineTune,
+                wcl.KNNEval, OnlineKnn, KnnMultiCrop):
+        described = {p.arg_name for p in docstring_parser.parse(cls.__doc__).params}
+        keys = [k for k in cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount
+                                                           + cls.__init__.__code__.co_kwonlyargcount]]
+        assert not [k for k in keys if k not in described], cls.__name__
+        assert all("," not in name for name in described), cls.__name__
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "wcl.WCL"])
+    out = capsys.readouterr().out
+    weak = out.split("\n  --model.weak_temperature")[1].split("\n  --model.")[0]
+    assert "weak-label loss" in weak and "class defaults, a --config overrides them" in out
+
+
+@pytest.mark.parametrize(("configs", "extra", "folder"), [
+    (["quickstart.yaml"], [], "runs/quickstart"),
+    (["quickstart.yaml", "multicrop.yaml"], [], "runs/quickstart+multicrop"),
+    (["quickstart.yaml", "simclr.yaml"], [], "runs/quickstart+simclr"),
+    (["quickstart.yaml", "multicrop.yaml", "simclr.yaml"], [], "runs/quickstart+multicrop+simclr"),
+    (["quickstart.yaml", "multicrop.yaml"], ["--trainer.default_root_dir", "runs/mine"], "runs/mine"),
+], ids=["recipe", "multicrop", "simclr", "both", "explicit"])
+def test_each_overlay_combination_has_its_own_run_folder(configs, extra, folder, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = ["fit", *[a for c in configs for a in ("--config", f"configs/{c}")], *extra, "--print_config"]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert f"default_root_dir: {folder}\n" in capsys.readouterr().out

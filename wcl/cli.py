@@ -92,9 +92,9 @@ class WCLCLI(LightningCLI):
     pre-flight), CSV logs in ``default_root_dir``, checks of ``--ckpt_path``, and an end-of-fit summary."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        given = kwargs.get("args")
-        self._args = [str(a) for a in (sys.argv[1:] if given is None else given)] if not isinstance(
-            given, dict) else []
+        given = kwargs.get("args")  # a list as on the command line, or a dict / Namespace of a whole config
+        listed = given is None or isinstance(given, list | tuple)
+        self._args = [str(a) for a in (sys.argv[1:] if given is None else given)] if listed else []
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -110,8 +110,10 @@ class WCLCLI(LightningCLI):
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
-        run_folder(self.config, self._args)
+        if not isinstance(args, list | tuple | None) or with_run_folder(self._args) == self._args:
+            super().parse_arguments(parser, args)
+        else:  # an overlay run: its own folder (the line shows in --print_config and the saved config.yaml)
+            self.config = parser.parse_args(with_run_folder(self._args))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -265,8 +267,8 @@ def _config_files(args: list[str]) -> list[str]:
     return files
 
 
-def _sets_root_dir(path: str) -> bool:
-    """Whether a config file sets ``trainer.default_root_dir`` (in itself or in a trainer file it names)."""
+def _root_dir_of(path: str) -> str | None:
+    """``trainer.default_root_dir`` of a config file (set in itself or in a trainer file it names), if it sets one."""
     import yaml
 
     try:
@@ -275,28 +277,24 @@ def _sets_root_dir(path: str) -> bool:
         if isinstance(trainer, str):
             trainer = yaml.safe_load((Path(path).parent / trainer).read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(trainer, dict) and "default_root_dir" in trainer
+        return None
+    root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
+    return str(root) if root else None
 
 
-def run_folder(config: Any, args: list[str]) -> None:
-    """Overlays get their own run folder: with ``--config configs/quickstart.yaml --config configs/multicrop.yaml``
-    the run writes to ``runs/quickstart+multicrop``, not over the quickstart's checkpoints. The folder is the one
-    the last config that sets ``trainer.default_root_dir`` names, plus ``+<name>`` for each config composed after
-    it; a ``--trainer.default_root_dir`` on the command line is used as given."""
-    sub = config.get("subcommand")
-    trainer = (config.get(sub) if sub else config).get("trainer") if config is not None else None
-    if trainer is None or any(a == "--trainer.default_root_dir" or a.startswith(("--trainer.default_root_dir=",
-                                                                                    "--trainer="))
-                              for a in args):
-        return
+def with_run_folder(args: list[str]) -> list[str]:
+    """Overlays get their own run folder: ``--config configs/quickstart.yaml --config configs/multicrop.yaml``
+    writes to ``runs/quickstart+multicrop``, not over the quickstart's checkpoints. The folder is the one the last
+    config that sets ``trainer.default_root_dir`` names, plus ``+<name>`` for each config composed after it; a
+    ``--trainer.default_root_dir`` on the command line is used as given. Returns ``args`` with the folder added."""
+    if any(a.startswith(("--trainer.default_root_dir", "--trainer=")) or a == "--trainer" for a in args):
+        return args
     files = _config_files(args)
-    setting = [i for i, f in enumerate(files) if _sets_root_dir(f)]
-    root = trainer.get("default_root_dir")
-    if not setting or not root or setting[-1] == len(files) - 1:
-        return
-    overlays = [Path(f).stem for f in files[setting[-1] + 1:]]
-    trainer["default_root_dir"] = str(root).rstrip("/\\") + "".join(f"+{name}" for name in overlays)
+    setting = [(i, root) for i, f in enumerate(files) if (root := _root_dir_of(f))]
+    if not setting or setting[-1][0] == len(files) - 1:
+        return args
+    i, root = setting[-1]
+    return [*args, "--trainer.default_root_dir", root.rstrip("/") + "".join(f"+{Path(f).stem}" for f in files[i + 1:])]
 
 
 def _check_output_dir(root: str) -> None:

@@ -23,7 +23,7 @@ from wcl.optim import LRScaling, OptimizerName
 
 
 class WCL(LightningModule):
-    """Weakly Supervised Contrastive Learning (Zheng et al., ICCV 2021).
+    """Weakly Supervised Contrastive Learning (Zheng et al., ICCV 2021); class defaults, a --config overrides them.
 
     ``loss = NT-Xent(g(h1), g(h2)) + weak_weight · swapped weak-label loss(phi(h1), phi(h2))`` over the global
     batch, with ``h = backbone(x)``. ``weak_weight: 0`` is SimCLR from the same code (and builds no ``phi``).

@@ -20,12 +20,15 @@ from wcl.errors import ConfigError
 
 
 class WCLDataModule(ImageData):
-    """Pretraining data: batches of two augmented views (and optional low-resolution crops) of each image.
+    """Pretraining data: two augmented views (+ small crops) of each image; class defaults, a --config overrides them.
 
     Training batches reach ``training_step`` as ``{"views": [x1, x2] (B×3×S×S each), "index": LongTensor[B],
     "label": LongTensor[B]}`` (label -1 where unknown; diagnostics only), plus ``"small": [c1, …, cm]`` (B×3×s×s)
     with crops. ``val_dataloader`` is the val split; ``eval_loader("bank")`` the train split with the eval
     transform (the online kNN's bank).
+
+    The arguments below, and those of :class:`~wcl.data.base.ImageData` (dataset, root, batch_size, …): ``python -m
+    wcl fit --data.help wcl.WCLDataModule`` lists them all with the class's defaults; a ``--config`` sets its own.
 
     Args:
         seed: seeds the epoch order and every sample's augmentation as a function of (seed, epoch, index), so a
@@ -42,9 +45,6 @@ class WCLDataModule(ImageData):
         small_crop_source: ``neighbors`` (WCL: cut from the sample's nearest neighbours of the previous epoch,
             found by the ``wcl.callbacks.KnnMultiCrop`` callback) or ``self`` (cut from the sample itself).
         first_epoch: crops before a neighbour table exists: ``self`` (from the sample itself) or ``none``.
-        (the other arguments — dataset, root, batch_size, … — see :class:`~wcl.data.base.ImageData`; ``python -m
-        wcl fit --data.help wcl.WCLDataModule`` lists them all, with the class's defaults: a ``--config`` sets its
-        own)
     """
 
     def __init__(
@@ -134,6 +134,10 @@ class LabelledDataModule(ImageData):
     """Labelled data for the linear probe and fine-tuning: ``{"image", "index", "label"}`` batches of the labelled
     training images (STL-10: train, not unlabeled) and the val split.
 
+    The arguments below, and those of :class:`~wcl.data.base.ImageData` (dataset, root, batch_size, …): ``python -m
+    wcl fit --data.help wcl.LabelledDataModule`` lists them all with the class's defaults; a ``--config`` sets its
+    own.
+
     Args:
         train_augment: ``crop_flip`` (random-resized-crop + horizontal flip, the paper's linear / fine-tune
             protocol) or ``none`` (the eval transform).
@@ -142,9 +146,6 @@ class LabelledDataModule(ImageData):
         subset_file: alternatively, a text file naming the labelled training images, one per line (file name,
             or path relative to the split folder), e.g. the standard ImageNet 1 % / 10 % lists.
         seed: seed of the ``label_fraction`` draw, of the epoch order and of the crops.
-        (the other arguments — dataset, root, batch_size, … — see :class:`~wcl.data.base.ImageData`; ``python -m
-        wcl fit --data.help wcl.LabelledDataModule`` lists them all, with the class's defaults: a ``--config`` sets
-        its own)
     """
 
     def __init__(self, *, train_augment: Literal["crop_flip", "none"] = "crop_flip",
