@@ -55,6 +55,7 @@ def test_fit_on_bundled_logs_metrics_and_writes_checkpoint(tmp_path, capsys):
     main(_tiny(tmp_path))
     out = capsys.readouterr().out
     assert "wcl: final val/knn_top1 = " in out
+    assert "(every view and crop counted, data loading included" in out
     ckpt = Path(out.split("wcl: checkpoint: ")[1].split()[0])
     assert ckpt.is_file() and ckpt.name == "last.ckpt" and ckpt.parent == tmp_path / "checkpoints"
     rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
@@ -197,3 +198,48 @@ def test_each_overlay_combination_has_its_own_run_folder(configs, extra, folder,
     with pytest.raises(SystemExit):
         main(args)
     assert f"default_root_dir: {folder}\n" in capsys.readouterr().out
+
+
+def test_plain_lines_say_which_epoch_a_kept_knn_value_is_from(capsys):
+    from types import SimpleNamespace
+
+    import torch
+
+    from wcl.callbacks import OnlineKnn, PlainProgress
+
+    knn = OnlineKnn(k=5, every_n_epochs=3)
+    knn.last_epoch = 2
+    trainer = SimpleNamespace(current_epoch=4, max_epochs=6, is_global_zero=True, callbacks=[knn],
+                              callback_metrics={"val/knn_top1": torch.tensor(0.31), "val/online_linear_top1":
+                                                torch.tensor(0.29)})
+    PlainProgress().on_train_epoch_end(trainer, None)
+    line = capsys.readouterr().out
+    assert line.startswith("epoch 5/6 done in ") and "val/knn_top1 0.3100 (from epoch 3)" in line
+    assert "val/online_linear_top1 0.2900," not in line and "val/online_linear_top1 0.2900\n" in line
+    knn.last_epoch = 4
+    PlainProgress().on_train_epoch_end(trainer, None)
+    assert "from epoch" not in capsys.readouterr().out
+
+
+def test_rich_bar_counts_epochs_from_one_and_hides_v_num():
+    from types import SimpleNamespace
+
+    from wcl.callbacks import RichProgress
+
+    bar = RichProgress()
+    bar._trainer = SimpleNamespace(max_epochs=1)
+    assert bar._get_train_description(0).strip() == "Epoch 1/1"
+    bar._trainer = SimpleNamespace(max_epochs=6, loggers=[], progress_bar_metrics={"loss": 1.5})
+    assert bar.get_metrics(bar._trainer, None) == {"loss": 1.5}
+
+
+def test_model_table_has_no_flops_column_when_nothing_counted_them(caplog):
+    import logging
+
+    from wcl.callbacks import ModelTable
+
+    with caplog.at_level(logging.INFO):
+        ModelTable.summarize([("Name", ["backbone"]), ("Params", ["700 K"]), ("FLOPs", ["0"])], 965, 965, 3.8,
+                             {"train": 82, "eval": 0}, 0)
+    assert "backbone" in caplog.text and "FLOPs" not in caplog.text and "Flops" not in caplog.text
+    assert "\x1b[" not in caplog.text
