@@ -243,3 +243,30 @@ def test_model_table_has_no_flops_column_when_nothing_counted_them(caplog):
                              {"train": 82, "eval": 0}, 0)
     assert "backbone" in caplog.text and "FLOPs" not in caplog.text and "Flops" not in caplog.text
     assert "\x1b[" not in caplog.text
+
+
+def test_evaluations_print_wcl_lines_and_no_noise(tmp_path, capsys, recwarn):
+    """Offline kNN: rounded ``wcl:`` lines instead of Lightning's unrounded table; a linear probe (frozen backbone,
+    in eval mode on purpose): no eval-mode warning, no advertisement, a throughput that says what it counts."""
+    import re
+
+    small = ["--data.train_per_class", "4", "--data.val_per_class", "2", "--data.num_workers", "0",
+             "--trainer.enable_progress_bar", "false"]
+    main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *small, "--trainer.max_epochs", "1",
+          "--model.width", "4", "--data.batch_size", "20", "--model.knn_every_n_epochs", "0",
+          "--trainer.default_root_dir", str(tmp_path / "pre")])
+    ckpt = str(tmp_path / "pre" / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    main(["validate", "--config", str(ROOT / "configs" / "knn" / "quickstart.yaml"), "--model.checkpoint", ckpt,
+          *small, "--model.k", "5", "--trainer.default_root_dir", str(tmp_path / "knn")])
+    out = capsys.readouterr().out
+    assert re.search(r"^wcl: val/knn_top1 = \d\.\d{4}$", out, re.M), out
+    assert not re.search(r"\d\.\d{7,}", out) and "┃" not in out
+    main(["fit", "--config", str(ROOT / "configs" / "linear" / "quickstart.yaml"), "--model.checkpoint", ckpt,
+          *small, "--trainer.max_epochs", "1", "--model.mode", "augment", "--data.batch_size", "10",
+          "--trainer.default_root_dir", str(tmp_path / "probe")])
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "each labelled training image counted once" in text
+    assert "litmodels" not in text and "litlogger" not in text and "FLOPs" not in text
+    assert not [w for w in recwarn if "eval mode" in str(w.message)]
