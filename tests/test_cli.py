@@ -270,3 +270,26 @@ def test_evaluations_print_wcl_lines_and_no_noise(tmp_path, capsys, recwarn):
     assert "each labelled training image counted once" in text
     assert "litmodels" not in text and "litlogger" not in text and "FLOPs" not in text
     assert not [w for w in recwarn if "eval mode" in str(w.message)]
+
+
+def test_own_images_cpu_command_of_the_readme_runs(tmp_path, capsys):
+    """README "Your own images": the quickstart on an ImageFolder tree of mixed-size images, decoded to 32 px."""
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("cats", "dogs"):
+            (tmp_path / "mine" / split / c).mkdir(parents=True)
+            for i in range(6):
+                size = (40, 28) if i % 2 else (50, 64)
+                arr = np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(tmp_path / "mine" / split / c / f"{i}.jpg")
+    readme = (ROOT / "README.md").read_text()
+    assert "--config configs/quickstart.yaml --data.dataset imagefolder --data.root /data/mine" in readme
+    main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--data.dataset", "imagefolder",
+          "--data.root", str(tmp_path / "mine"), "--data.decode_size", "32",
+          "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_epochs", "1", "--model.width", "4",
+          "--data.batch_size", "6", "--data.num_workers", "0", "--model.knn_k", "3",
+          "--trainer.enable_progress_bar", "false"])
+    out = capsys.readouterr().out
+    assert "wcl: final val/knn_top1 = " in out and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
