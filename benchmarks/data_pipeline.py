@@ -82,7 +82,7 @@ def training_rate(augment_on: str, in_memory: bool) -> float:
     out = subprocess.run(
         [sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs", "1",
          "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "0",
-         "--trainer.default_root_dir", "runs/bench_pipeline", "--data.augment_on", augment_on,
+         "--trainer.default_root_dir", "runs/bench_pipeline", "--overwrite", "true", "--data.augment_on", augment_on,
          "--data.in_memory", str(in_memory).lower()],
         capture_output=True, text=True, check=True)
     return float(re.search(r"training throughput (\d+) images/s", out.stdout).group(1))

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from wcl.data import Augmentations
 from wcl.data.subsets import first_per_class
 from wcl.models import build_resnet
+from wcl.models.layout import set_layout, to_layout
 
 # CPU-proxy v1: data, batch and augmentation come from configs/cpu_proxy/data.yaml, as for the wcl runs.
 PROTOCOL = data_args(quick=False)
@@ -33,7 +34,7 @@ AUG = Augmentations(**PROTOCOL["augment"])
 
 
 class LightlySimCLR(LightningModule):
-    """Backbone (``wcl``'s ResNet, channels_last) + lightly's SimCLR head and loss."""
+    """Backbone (``wcl``'s ResNet, in wcl's memory format: channels_last on CUDA) + lightly's SimCLR head and loss."""
 
     def __init__(self, backbone: str = "resnet18", width: int = 16, cifar_stem: bool = True,
                  temperature: float = 0.2, lr: float = 0.06, max_epochs: int = 30) -> None:
@@ -42,12 +43,15 @@ class LightlySimCLR(LightningModule):
 
         super().__init__()
         self.save_hyperparameters()  # backbone/width/cifar_stem: what wcl.eval.checkpoint.load_backbone reads
-        self.backbone = build_resnet(backbone, width, cifar_stem).to(memory_format=torch.channels_last)
+        self.backbone = build_resnet(backbone, width, cifar_stem)
         self.head = SimCLRProjectionHead(self.backbone.out_dim, 512, 128)
         self.criterion = NTXentLoss(temperature=temperature)
 
+    def setup(self, stage: str) -> None:
+        set_layout(self.backbone, self.device)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(x.contiguous(memory_format=torch.channels_last)))
+        return self.head(self.backbone(to_layout(self.backbone, x)))
 
     def training_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
         (x1, x2), _ = batch

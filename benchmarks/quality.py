@@ -3,11 +3,13 @@
     python benchmarks/quality.py --epochs 30 --seeds 0 1            # SimCLR, WCL, WCL + multi-crop, lightly
     python benchmarks/quality.py --epochs 10 --seeds 0 1 2 --methods simclr wcl
     python benchmarks/quality.py --quick --json                      # smoke run (1 epoch on 64 images/class)
+    python benchmarks/quality.py --epochs 10 --seeds 0 --methods wcl wcl_vit_tiny  # ViT-Tiny/4 beside ResNet-18
 
 Protocol (configs/cpu_proxy): the first 1,000 images of each CIFAR-10 class (sorted file names) for pretraining,
 the full test split for evaluation; ResNet-18 width 16 (CIFAR stem), batch 256, the same augmentations for every
-method. Each run is its own process (``python -m wcl fit …`` or ``benchmarks/lightly_simclr.py``), then the
-checkpoint is evaluated here with the same code for every method:
+method (``wcl_vit_tiny``: a timm ViT-Tiny at 32 px, patch 4, AdamW; configs/cpu_proxy/vit_tiny.yaml). Each run
+is its own process (``python -m wcl fit …`` or ``benchmarks/lightly_simclr.py``), then the checkpoint is evaluated
+here with the same code for every method:
 
 * kNN top-1: weighted kNN (k = 200, T = 0.1, cosine) of backbone features of the test images against the
   training subset (eval transform) — ``wcl.KNNEval``;
@@ -41,6 +43,7 @@ METHODS = {
     "wcl": ["--config", "configs/cpu_proxy/wcl.yaml"],
     "wcl_multicrop": ["--config", "configs/cpu_proxy/wcl.yaml", "--config", "configs/multicrop.yaml"],
     "wcl_selfcrops": ["--config", "configs/cpu_proxy/wcl.yaml", "--config", "configs/selfcrops.yaml"],
+    "wcl_vit_tiny": ["--config", "configs/cpu_proxy/wcl.yaml", "--config", "configs/cpu_proxy/vit_tiny.yaml"],
     "lightly_simclr": None,  # benchmarks/lightly_simclr.py
 }
 DATA_CONFIG = REPO / "configs" / "cpu_proxy" / "data.yaml"
@@ -64,7 +67,8 @@ def train(method: str, epochs: int, seed: int, run_dir: Path, quick: bool, threa
     else:
         cmd = [sys.executable, "-m", "wcl", "fit", *METHODS[method], "--seed_everything", str(seed),
                "--data.seed", str(seed), "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar",
-               "false", "--trainer.default_root_dir", str(run_dir), "--data.root", ROOT, *extra]
+               "false", "--trainer.default_root_dir", str(run_dir), "--overwrite", "true", "--data.root", ROOT,
+               *extra]
         if quick:
             cmd += ["--data.train_per_class", "64", "--data.val_per_class", "50"]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
@@ -148,6 +152,8 @@ def summary(results: list[dict]) -> list[dict]:
         for key in ("knn_top1", "linear_top1"):
             vals = [r[key] for r in rs]
             row[key] = {"mean": statistics.fmean(vals), "spread": max(vals) - min(vals), "values": vals}
+        ips = [r["images_per_second"] for r in rs if r.get("images_per_second")]
+        row["images_per_second"] = statistics.fmean(ips) if ips else None
         rows.append(row)
     return rows
 
@@ -157,11 +163,12 @@ def print_table(rows: list[dict]) -> None:
         vals = " / ".join(f"{100 * v:.1f}" for v in s["values"])
         return f"{100 * s['mean']:.1f} ± {50 * s['spread']:.1f} ({vals})"
 
-    print("| method | epochs | seeds | kNN top-1 % | linear top-1 % |")
-    print("|---|---:|---|---|---|")
+    print("| method | epochs | seeds | kNN top-1 % | linear top-1 % | train images/s |")
+    print("|---|---:|---|---|---|---:|")
     for r in rows:
         seeds = ",".join(map(str, r["seeds"]))
-        print(f"| {r['method']} | {r['epochs']} | {seeds} | {fmt(r['knn_top1'])} | {fmt(r['linear_top1'])} |")
+        ips = "–" if r.get("images_per_second") is None else f"{r['images_per_second']:.0f}"
+        print(f"| {r['method']} | {r['epochs']} | {seeds} | {fmt(r['knn_top1'])} | {fmt(r['linear_top1'])} | {ips} |")
 
 
 def main() -> None:

@@ -27,13 +27,14 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 
+# lightly_simclr (lightly's SimCLR) is imported where it runs: `--methods wcl …` needs no lightly.
 sys.path.insert(0, str(Path(__file__).parent))
 import quality  # noqa: E402 - METHODS: method name → `python -m wcl fit` arguments (None: lightly); ROOT
-from lightly_simclr import LightlySimCLR, train_loader  # noqa: E402
 
 from wcl.callbacks import KnnMultiCrop  # noqa: E402
 from wcl.cli import WCLCLI  # noqa: E402
 from wcl.data.crops import NeighborTable  # noqa: E402
+from wcl.data.sampling import EpochSampler  # noqa: E402
 
 METHODS = quality.METHODS
 
@@ -65,6 +66,8 @@ def build_wcl(method: str, quick: bool) -> tuple:
 def build(method: str, quick: bool) -> tuple:
     """(LightningModule, datamodule or loader) of a method on the protocol."""
     if method == "lightly_simclr":
+        from lightly_simclr import LightlySimCLR, train_loader  # lightly only where it is measured
+
         return LightlySimCLR(), train_loader(per_class=64 if quick else 1000), []
     return build_wcl(method, quick)
 
@@ -90,6 +93,8 @@ def training_times(method: str, steps: int, quick: bool) -> list[float]:
 def ceiling(method: str, steps: int) -> list[float]:
     """Seconds of forward + backward + step on one fixed batch of two 256-image views, per step after two."""
     if method == "lightly_simclr":
+        from lightly_simclr import LightlySimCLR
+
         model = LightlySimCLR()
 
         def loss_of(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
@@ -127,6 +132,8 @@ def ceiling(method: str, steps: int) -> list[float]:
 def data_times(method: str, steps: int, quick: bool) -> list[float]:
     """Seconds per training batch of the loader alone (wcl: including the batched augmentation)."""
     if method == "lightly_simclr":
+        from lightly_simclr import train_loader
+
         loader, dm = train_loader(per_class=64 if quick else 1000), None
     else:
         dm = build_wcl(method, quick)[1]
@@ -139,7 +146,10 @@ def data_times(method: str, steps: int, quick: bool) -> list[float]:
     for _ in range(steps + 2):
         start = time.perf_counter()
         batch = next(it, None)
-        if batch is None:  # epoch exhausted (small --quick subsets): the restart is not timed
+        if batch is None:  # epoch exhausted (small --quick subsets): the next epoch, untimed, as Lightning starts it
+            sampler = getattr(loader, "sampler", None)
+            if isinstance(sampler, EpochSampler):  # otherwise its position stays at the end: an empty epoch
+                sampler.set_epoch(sampler.epoch + 1)
             it = iter(loader)
             start, batch = time.perf_counter(), next(it)
         if dm is not None:

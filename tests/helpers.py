@@ -54,18 +54,23 @@ class DumpNeighborTable(Callback):
 
 
 class SignalAtStep(Callback):
-    """Sends ``signal`` (a name: SIGTERM as a scheduler's pre-emption, SIGKILL as an OOM killer) to this process
-    after training step ``step``."""
+    """Sends ``signal`` (a name: SIGTERM as a scheduler's pre-emption, SIGKILL as an OOM killer, SIGINT as Ctrl-C)
+    to this process after training step ``step``; with ``group``, to its whole process group (data-loader
+    workers included), as a terminal sends Ctrl-C (start the process with ``start_new_session=True``)."""
 
-    def __init__(self, step: int, signal: str = "SIGTERM") -> None:
-        self.step, self.signal = step, signal
+    def __init__(self, step: int, signal: str = "SIGTERM", group: bool = False, repeat: int = 1) -> None:
+        self.step, self.signal, self.group, self.repeat = step, signal, group, repeat
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             import os
             import signal
 
-            os.kill(os.getpid(), getattr(signal, self.signal))
+            for _ in range(self.repeat):  # e.g. Ctrl-C pressed twice
+                if self.group:
+                    os.killpg(os.getpgrp(), getattr(signal, self.signal))
+                else:
+                    os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 class RecordBatches(Callback):
@@ -79,3 +84,20 @@ class RecordBatches(Callback):
         crops = batch["crop_source"].tolist() if "crop_source" in batch else []
         with open(self.path, "a") as f:
             f.write(f"{trainer.global_step} {batch['index'].tolist()} {crops} {views:.5f}\n")
+
+
+class WaitAtStep(Callback):
+    """After training step ``step``, creates the file ``marker`` and waits (at most ``timeout`` s) until it is
+    removed: the run holds its place while a test does something else."""
+
+    def __init__(self, step: int, marker: str, timeout: float = 300.0) -> None:
+        self.step, self.marker, self.timeout = step, Path(marker), timeout
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import time
+
+            self.marker.write_text("waiting")
+            deadline = time.monotonic() + self.timeout
+            while self.marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)

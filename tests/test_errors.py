@@ -3,6 +3,9 @@ path at fault, with no traceback and before any training step."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,14 +86,45 @@ CASES = {  # name: (extra fit arguments for the quickstart config, words the mes
     "missing dataset root": (["--data.dataset", "cifar10", "--data.root", "/nonexistent/cifar"],
                              ["/nonexistent/cifar", "does not exist"]),
     "dataset without a root": (["--data.dataset", "cifar10"], ["--data.root"]),
-    "gpu without a gpu": (["--trainer.accelerator", "gpu"], ["gpu"]),
+    "gpu without a gpu": (["--trainer.accelerator", "gpu"], ["trainer.accelerator gpu", "auto"]),
+    "cuda without a gpu": (["--trainer.accelerator", "cuda"], ["trainer.accelerator cuda", "auto"]),
+    "endless run": (["--trainer.max_epochs", "-1"], ["trainer.max_epochs -1", "--trainer.max_steps"]),
+    # every int and float argument of the model is range-checked where it is defined, naming model.KEY
+    "width 0": (["--model.width", "0"], ["model.width"]),
+    "proj_layers 0": (["--model.proj_layers", "0"], ["model.proj_layers"]),
+    "weak_layers 0": (["--model.weak_layers", "0"], ["model.weak_layers"]),
+    "proj_hidden_dim 0": (["--model.proj_hidden_dim", "0"], ["model.proj_hidden_dim"]),
+    "proj_out_dim 0": (["--model.proj_out_dim", "0"], ["model.proj_out_dim"]),
+    "weak_out_dim 0": (["--model.weak_out_dim", "0"], ["model.weak_out_dim"]),
+    "momentum 1": (["--model.momentum", "1"], ["model.momentum"]),
+    "weight decay < 0": (["--model.weight_decay", "-0.1"], ["model.weight_decay"]),
+    "lars eta 0": (["--model.lars_eta", "0"], ["model.lars_eta"]),
+    "warmup epochs < 0": (["--model.warmup_epochs", "-1"], ["model.warmup_epochs"]),
+    "weak warmup < 0": (["--model.weak_warmup_epochs", "-1"], ["model.weak_warmup_epochs"]),
+    "min lr factor > 1": (["--model.min_lr_factor", "1.5"], ["model.min_lr_factor"]),
+    "online lr 0": (["--model.online_lr", "0"], ["model.online_lr"]),
+    "knn every < 0": (["--model.knn_every_n_epochs", "-1"], ["model.knn_every_n_epochs"]),
+    # ... and of the data module and its augmentations, naming data.KEY
+    "val_per_class 0": (["--data.val_per_class", "0"], ["data.val_per_class"]),
+    "decode size 0": (["--data.decode_size", "0"], ["data.decode_size"]),
+    "eval resize 0": (["--data.eval_resize", "0"], ["data.eval_resize"]),
+    "augment warmup < 0": (["--data.augment_warmup_epochs", "-1"], ["data.augment_warmup_epochs"]),
+    "small crop size 0": (["--data.num_small_crops", "2", "--data.small_crop_source", "self",
+                           "--data.small_crop_size", "0"], ["data.small_crop_size"]),
+    "small crops < 0": (["--data.num_small_crops", "-1"], ["data.num_small_crops"]),
+    "small crop scale > 1": (["--data.num_small_crops", "2", "--data.small_crop_source", "self",
+                              "--data.small_crop_scale", "[0.5, 1.5]"], ["data.small_crop_scale"]),
+    "crop ratio reversed": (["--data.augment.crop_ratio", "[1.5, 0.5]"], ["augment.crop_ratio"]),
+    "flip probability < 0": (["--data.augment.hflip_prob", "-0.1"], ["augment.hflip_prob"]),
+    "jitter strength < 0": (["--data.augment.jitter_strength", "-1"], ["augment.jitter_strength"]),
+    "std 0": (["--data.augment.std", "[0.2, 0, 0.2]"], ["augment.std"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_fit_argument(case, capsys, tmp_path):
     extra, needles = CASES[case]
-    if case == "gpu without a gpu" and torch.cuda.is_available():
+    if "without a gpu" in case and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     _fails(capsys, ["fit", "--config", QUICK, *TINY, "--trainer.default_root_dir", str(tmp_path), *extra], *needles)
 
@@ -197,3 +231,114 @@ def test_offline_knn_reports_one_metric_per_name(capsys, tmp_path, pretrained):
           str(pretrained), "--data.num_workers", "0", "--data.train_per_class", "10", "--data.val_per_class", "5"])
     out = capsys.readouterr().out
     assert out.count("val/knn_top1") == 1 and "dataloader_idx" not in out
+
+
+def test_second_fit_into_a_running_folder_names_the_running_process(capsys, tmp_path):
+    """Two fits into one folder would both write checkpoints/last.ckpt; the second stops before its first step."""
+    marker, log = tmp_path / "waiting", tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen([sys.executable, "-m", "wcl", "fit", "--config", QUICK, *TINY, "--trainer.max_steps",
+                                  "2", "--trainer.limit_val_batches", "0", "--trainer.default_root_dir",
+                                  str(tmp_path / "run"), "--trainer.callbacks+=tests.helpers.WaitAtStep",
+                                  "--trainer.callbacks.step=1", f"--trainer.callbacks.marker={marker}"],
+                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while not marker.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), log.read_text()[-2000:]
+        _fails(capsys, ["fit", "--config", QUICK, *TINY, "--trainer.default_root_dir", str(tmp_path / "run")],
+               "another fit is running", str(tmp_path / "run"), f"pid {first.pid}")
+    finally:
+        marker.unlink(missing_ok=True)
+        try:
+            first.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            first.kill()
+            raise
+    assert first.returncode == 0, log.read_text()[-2000:]
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
+def test_fresh_fit_into_a_folder_with_checkpoints_refuses_until_told(capsys, tmp_path):
+    args = ["fit", "--config", QUICK, *TINY, "--trainer.limit_val_batches", "0", "--trainer.default_root_dir",
+            str(tmp_path)]
+    main([*args, "--trainer.max_steps", "2"])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    _fails(capsys, [*args, "--trainer.max_steps", "1"], str(tmp_path / "checkpoints"), "last.ckpt",
+           "--ckpt_path last", "--overwrite true")
+    assert last.read_bytes() == before  # the earlier, longer run is intact
+    main([*args, "--trainer.max_steps", "1", "--overwrite", "true"])
+    assert torch.load(last, weights_only=False)["global_step"] == 1
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "not a checkpoint"])
+def test_ckpt_path_that_is_not_a_whole_checkpoint(case, capsys, tmp_path, pretrained):
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes({"empty": b"", "truncated": pretrained.read_bytes()[:5000],
+                     "not a checkpoint": b"not a checkpoint"}[case])
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--ckpt_path", str(bad), "--trainer.default_root_dir",
+                    str(tmp_path / "run")], f"--ckpt_path {bad} cannot be read")
+
+
+def test_mixed_sizes_on_device_from_files_need_decode_size(capsys, tmp_path):
+    _folder(tmp_path, sizes=(12, 16))
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--data.dataset", "imagefolder", "--data.root", str(tmp_path),
+                    "--data.batch_size", "4", "--data.in_memory", "false", "--data.augment_on", "device",
+                    "--trainer.default_root_dir", str(tmp_path / "run")], "decode_size", "augment_on")
+
+
+def test_validate_of_a_pretraining_config_needs_weights(capsys, tmp_path):
+    _fails(capsys, ["validate", "--config", QUICK, *TINY[2:], "--trainer.default_root_dir", str(tmp_path)],
+           "--ckpt_path", "configs/knn", "--model.checkpoint")
+    _fails(capsys, ["validate", "--config", QUICK, *TINY[2:], "--trainer.default_root_dir", str(tmp_path),
+                    "--ckpt_path", "last"], "--ckpt_path last", "no checkpoint")
+
+
+@pytest.mark.parametrize("case", ["file named lightning_logs", "file named checkpoints", "under /proc"])
+def test_unusable_output_path_stops_before_the_first_step(case, capsys, tmp_path):
+    run = tmp_path / "run"
+    if case == "under /proc":
+        run, needle = Path("/proc/self/wcl_run"), "/proc/self/wcl_run"
+    else:
+        run.mkdir()
+        name = case.split()[-1]
+        (run / name).write_text("in the way")
+        needle = str(run / name)
+    record = tmp_path / "batches.log"
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--trainer.default_root_dir", str(run),
+                    "--trainer.callbacks+=tests.helpers.RecordBatches", f"--trainer.callbacks.path={record}"], needle)
+    assert not record.exists()  # no training step ran
+
+
+@pytest.mark.parametrize("case", ["syntax", "tab"])
+def test_yaml_error_names_the_file_and_line(case, capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text({"syntax": "model:\n  init_args:\n    width: [8\n",
+                    "tab": "model:\n  init_args:\n\twidth: 8\n"}[case])
+    line = _fails(capsys, ["fit", "--config", QUICK, "--config", str(bad), *TINY], str(bad), "line ")
+    assert case != "tab" or "tabs" in line
+
+
+def test_overlay_before_its_base_says_to_swap_them(capsys, tmp_path):
+    overlay = str(ROOT / "configs" / "multicrop.yaml")
+    _fails(capsys, ["fit", "--config", overlay, "--config", QUICK, *TINY, "--trainer.default_root_dir", str(tmp_path)],
+           "overlay", f"--config {QUICK} before --config {overlay}")
+
+
+def test_settings_that_quietly_waste_a_run_get_one_warning_line_each(capsys, tmp_path):
+    """Not errors: the run goes on; each setting gets one `wcl: warning:` line naming its key."""
+    for split in ("train",):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(np.full((12, 12, 3), 40 * i, np.uint8)).save(tmp_path / "data" / split / c / f"{i}.png")
+    main(["fit", "--config", QUICK, *TINY, "--data.dataset", "imagefolder", "--data.root", str(tmp_path / "data"),
+          "--data.batch_size", "4", "--data.augment.crop_size", "8", "--model.warmup_epochs", "3",
+          "--model.knn_every_n_epochs", "0", "--trainer.default_root_dir", str(tmp_path / "run")])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("wcl: warning:")]
+    assert len(warnings) == 3, warnings
+    assert "model.warmup_epochs 3" in warnings[0] and "(1 epoch)" in warnings[0]
+    assert "model.knn_every_n_epochs is 0" in warnings[1] and "off" in warnings[1]
+    assert "no val/" in warnings[2] and str(tmp_path / "data") in warnings[2]

@@ -75,9 +75,10 @@ def test_label_fraction_out_of_range():
 
 def test_subset_file(tmp_path):
     listing = tmp_path / "subset.txt"
-    listing.write_text("airplane/0000.jpg\ncat/0003.jpg\n")
+    others = ["automobile", "bird", "deer", "dog", "frog", "horse", "ship", "truck"]  # every class needs one image
+    listing.write_text("airplane/0000.jpg\ncat/0003.jpg\n" + "".join(f"{c}/0000.jpg\n" for c in others))
     dm = LabelledDataModule(subset_file=str(listing), num_workers=0)
-    assert len(dm.train_base) == 2 and dm.labelled_names()[1].endswith("cat/0003.jpg")
+    assert len(dm.train_base) == 10 and dm.labelled_names()[3].endswith("cat/0003.jpg")
     listing.write_text("airplane/0000.jpg\nzebra/0001.jpg\n")
     with pytest.raises(DataError, match=r"1 images named .* do not exist .*zebra/0001.jpg"):
         LabelledDataModule(subset_file=str(listing))

@@ -2,7 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wcl.graph import components_scipy, components_torch, nearest_neighbors, weak_label_stats, weak_labels
+from wcl.graph import (
+    components_scipy,
+    components_torch,
+    label_constraints,
+    nearest_neighbors,
+    weak_label_stats,
+    weak_labels,
+)
 
 
 def _brute_force(v: torch.Tensor) -> list[int]:
@@ -88,3 +95,84 @@ def test_stats_purity_counts_pairs():
     assert s["purity"].item() == pytest.approx(4 / 8)
     assert s["num_components"].item() == 2 and s["mean_component_size"].item() == pytest.approx(2.5)
     assert "purity" not in weak_label_stats(labels, torch.tensor([3, -1, 4, 5, 5]))
+
+
+# ---------------------------------------------------------------- known labels in the graph (label_graph)
+def _union_find_reference(nn_index: list[int], labels: list[int]) -> list[int]:
+    """The constrained graph by its definition, with explicit loops: every 1-NN edge except those between labelled
+    samples of different classes, plus an edge between every two labelled samples of one class."""
+    n = len(nn_index)
+    parent = list(range(n))
+
+    def find(a):
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    def union(a, b):
+        ra, rb = find(a), find(b)
+        parent[max(ra, rb)] = min(ra, rb)
+
+    for i, j in enumerate(nn_index):
+        if labels[i] < 0 or labels[j] < 0 or labels[i] == labels[j]:
+            union(i, j)
+        for k in range(n):
+            if labels[i] >= 0 and labels[k] == labels[i]:
+                union(i, k)
+    roots = [find(i) for i in range(n)]
+    order = {r: k for k, r in enumerate(sorted(set(roots)))}
+    return [order[r] for r in roots]
+
+
+def test_label_constraints_hand_built():
+    #   0 → 1 (same class 0: kept), 1 → 0, 2 → 3 (class 1 vs class 0: dropped), 3 → 2 (dropped),
+    #   4 → 5 and 5 → 4 (unlabelled: kept), 6 → 4 (class 1 → unlabelled: kept); 2 and 6 share class 1.
+    nn_index = torch.tensor([1, 0, 3, 2, 5, 4, 4])
+    labels = torch.tensor([0, 0, 1, 0, -1, -1, 1])
+    kept, link = label_constraints(nn_index, labels)
+    assert kept.tolist() == [1, 0, 2, 3, 5, 4, 4]
+    assert link.tolist() == [0, 0, 2, 0, 4, 5, 2]
+    # {0, 1, 3} class 0 (3 through its class link); {2, 6, 4, 5}: 2–6 by class 1, 6–4 by its edge.
+    expected = [0, 0, 1, 0, 1, 1, 1]
+    assert components_scipy(kept, link).tolist() == expected
+    assert components_torch(kept, link).tolist() == expected
+    assert _union_find_reference(nn_index.tolist(), labels.tolist()) == expected
+    # Without the labels 2–3 were one component with 0–1 apart: the constraint really changed the partition.
+    assert components_scipy(nn_index).tolist() == [0, 0, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
+def test_label_graph_matches_union_find_reference(backend):
+    g = torch.Generator().manual_seed(11)
+    for trial in range(120):
+        n = int(torch.randint(2, 48, (1,), generator=g))
+        v = torch.randn(n, 3, generator=g)
+        labels = torch.randint(0, 4, (n,), generator=g)
+        labels[torch.rand(n, generator=g) < float(torch.rand(1, generator=g))] = -1
+        ref = _union_find_reference(nearest_neighbors(v).tolist(), labels.tolist())
+        assert weak_labels(v, backend=backend, known=labels).tolist() == ref, trial
+
+
+def test_label_graph_unlabelled_rows_and_empty_batch_unchanged():
+    v = torch.randn(40, 4, generator=torch.Generator().manual_seed(12))
+    plain = weak_labels(v, backend="scipy")
+    for backend in ("scipy", "torch"):  # no labelled sample: exactly the paper's graph
+        assert torch.equal(weak_labels(v, backend=backend, known=torch.full((40,), -1)), plain)
+    labels = torch.full((40,), -1)
+    labels[:6] = torch.tensor([0, 1, 0, 1, 2, 2])
+    kept, link = label_constraints(nearest_neighbors(v), labels)
+    nn_index = nearest_neighbors(v)
+    unlabelled = labels < 0
+    assert torch.equal(kept[unlabelled], nn_index[unlabelled]) and torch.equal(link[unlabelled],
+                                                                               torch.arange(40)[unlabelled])
+    comp = weak_labels(v, backend="torch", known=labels)
+    assert comp[0] == comp[2] and comp[1] == comp[3] and comp[4] == comp[5]  # same class: one component
+
+
+def test_label_graph_torch_equals_scipy_many_sizes():
+    g = torch.Generator().manual_seed(13)
+    for n in [2, 3, 31, 32, 33, 100, 257]:
+        v = torch.randn(n, 6, generator=g)
+        labels = torch.randint(-1, 10, (n,), generator=g)
+        assert torch.equal(weak_labels(v, backend="torch", known=labels), weak_labels(v, backend="scipy",
+                                                                                       known=labels))

@@ -36,7 +36,8 @@ def run_dir(tmp_path_factory):
 
 
 def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_weak_labels.ipynb", "03_evaluate.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_weak_labels.ipynb", "03_evaluate.ipynb",
+                                          "04_explore.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -57,3 +58,12 @@ def test_notebook_executes(path, run_dir):
     assert not errors
     assert not [t for t in _texts(nb) if "\x1b[" in t]  # no escape codes, also in what it prints now
     assert _tracked_changes() == before  # running a notebook rewrites no file of the repository
+
+
+def test_explore_notebook_outputs_are_clean():
+    """04 is committed with outputs: no terminal colour codes and no paths of the machine that ran it."""
+    nb = nbformat.read(NOTEBOOKS[-1], as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert text and "\x1b[" not in text
+    for machine in ("/work/", "/tmp/", "/home/", "/root/"):
+        assert machine not in text, machine

@@ -1,7 +1,10 @@
 """Resume, atomic checkpoints, pre-emption, and the catalogue of bad inputs."""
 
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,26 +57,35 @@ def test_run_killed_in_epoch_two_resumes_exactly(tmp_path, monkeypatch):
     _same_run(tmp_path / "straight", tmp_path / "killed")
 
 
-@pytest.mark.parametrize("path", [[], ["--data.augment_on", "device", "--data.in_memory", "device"]],
-                         ids=["cpu", "device"])
-def test_run_preempted_mid_epoch_resumes_with_the_same_batches_crops_and_table(tmp_path, path):
-    """SIGTERM after step 4 (epoch 2, batch 1 of 3) saves last.ckpt mid-epoch; the resumed run trains on exactly
-    the remaining batches of that epoch, with the same crops, and ends where an uninterrupted run ends."""
+@pytest.mark.parametrize(("path", "stop"), [([], "SIGTERM"), (["--data.augment_on", "device", "--data.in_memory",
+                                                                  "device"], "SIGTERM"), ([], "SIGINT")],
+                         ids=["cpu", "device", "ctrl-c"])
+def test_run_preempted_mid_epoch_resumes_with_the_same_batches_crops_and_table(tmp_path, path, stop):
+    """SIGTERM, or Ctrl-C sent to the process and its data-loader workers, after step 4 (epoch 2, batch 1 of 3)
+    saves last.ckpt mid-epoch; the resumed run trains on exactly the remaining batches of that epoch, with the
+    same crops, and ends where an uninterrupted run ends."""
     def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
         record = ["--trainer.callbacks+=tests.helpers.RecordBatches", f"--trainer.callbacks.path={out}.log"]
         return subprocess.run([sys.executable, "-m", "wcl", *_args(out, *path, *record, *extra)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=600)
+                              capture_output=True, text=True, timeout=600, start_new_session=True)
 
     assert run(tmp_path / "straight").returncode == 0
-    first = run(tmp_path / "preempted", "--trainer.callbacks+=tests.helpers.SignalAtStep", "--trainer.callbacks.step=4")
-    assert first.returncode == 143 and "wcl: interrupted at step 4" in first.stdout, first.stderr[-2000:]
-    second = run(tmp_path / "preempted", "--ckpt_path", "last")
+    first = run(tmp_path / "preempted", "--trainer.callbacks+=tests.helpers.SignalAtStep", "--trainer.callbacks.step=4",
+                f"--trainer.callbacks.signal={stop}", "--trainer.callbacks.group=true")
+    assert first.returncode == 128 + getattr(signal, stop), first.stdout[-2000:] + first.stderr[-2000:]
+    assert "wcl: interrupted at step 4" in first.stdout, first.stderr[-2000:]
+    start = time.perf_counter()
+    second = run(tmp_path / "preempted", "--ckpt_path", "last", "--trainer.enable_progress_bar", "true")
+    seconds = time.perf_counter() - start
     assert second.returncode == 0, second.stderr[-2000:]
     assert "not resumable" not in second.stderr
     straight = (tmp_path / "straight.log").read_text().splitlines()
     resumed = (tmp_path / "preempted.log").read_text().splitlines()
     assert len(resumed) == 6 and resumed == straight  # steps 0-3, then 4-5 after the resume
     _same_run(tmp_path / "straight", tmp_path / "preempted")
+    # The resumed epoch's line times the part run after the resume (it gets no on_train_epoch_start).
+    epoch_seconds = float(re.search(r"epoch 2/2 done in ([0-9.]+) s", second.stdout).group(1))
+    assert epoch_seconds <= seconds, second.stdout
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path):
@@ -93,8 +105,34 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         AtomicCheckpointIO(DiesMidWrite()).save_checkpoint({"step": 2}, last)
-    assert last.read_bytes() == before and not Path(f"{last}.tmp").exists()
+    assert last.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
     assert torch.load(last, weights_only=False) == {"step": 1}  # still the previous, valid checkpoint
+
+
+def test_atomic_saves_never_share_a_temporary_file(tmp_path):
+    """Two writers of one path (two runs, two ranks) each write their own temporary file: a save neither reuses
+    nor removes another writer's file in progress."""
+    from lightning.fabric.plugins import TorchCheckpointIO
+
+    from wcl.callbacks import AtomicCheckpointIO
+
+    last = tmp_path / "last.ckpt"
+    in_progress = tmp_path / "last.ckpt.tmp"  # another writer's file, under the fixed name of before
+    in_progress.write_bytes(b"another writer")
+    written = []
+
+    class Recording(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            written.append(str(path))
+            super().save_checkpoint(checkpoint, path, storage_options)
+
+    io = AtomicCheckpointIO(Recording())
+    io.save_checkpoint({"step": 1}, last)
+    io.save_checkpoint({"step": 2}, last)
+    assert len(set(written)) == 2 and str(in_progress) not in written and str(last) not in written
+    assert in_progress.read_bytes() == b"another writer"
+    assert torch.load(last, weights_only=False) == {"step": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.tmp"]
 
 
 def test_sigterm_saves_exits_143_and_resume_continues(tmp_path):
@@ -212,3 +250,15 @@ def test_resume_past_max_steps_and_with_accepted_changes(tmp_path, capsys):
     assert last["global_step"] == 8 and last["hyper_parameters"]["weak_weight"] == 0.5
     out = capsys.readouterr().out
     assert out.count("wcl: checkpoint:") == 3 and "metrics.csv" in out
+
+
+def test_second_ctrl_c_stops_at_once_and_keeps_the_last_whole_checkpoint(tmp_path):
+    """Ctrl-C twice in step 6 (epoch 2 of 4-step epochs): no checkpoint of a half-done step is written; last.ckpt
+    stays the one of the end of epoch 1, from which --ckpt_path last resumes exactly."""
+    cmd = [sys.executable, "-m", "wcl", *_tiny_fit(tmp_path, "--trainer.max_epochs", "2"),
+           "--trainer.callbacks+=tests.helpers.SignalAtStep", "--trainer.callbacks.step=6",
+           "--trainer.callbacks.signal=SIGINT", "--trainer.callbacks.repeat=2"]
+    stopped = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert stopped.returncode == 1, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    assert "wcl: stopped at once at step 6" in stopped.stdout and "is left as it was" in stopped.stdout
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4

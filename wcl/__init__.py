@@ -15,6 +15,7 @@ _EXPORTS = {
     "LinearProbe": "wcl.eval.classifier",
     "FineTune": "wcl.eval.classifier",
     "KNNEval": "wcl.eval.knn",
+    "Embedder": "wcl.eval.embed",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

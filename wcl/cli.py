@@ -12,14 +12,17 @@ import importlib
 import logging
 import os
 import re
+import socket
 import sys
 import time
 import types
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import torch
+import yaml
+from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
@@ -29,6 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wcl.distributed import destroy_process_group
 from wcl.errors import ConfigError, WCLError
+from wcl.tracking import SaveConfig
 
 PROG = "python -m wcl"
 
@@ -110,6 +114,8 @@ class WCLCLI(LightningCLI):
         return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if not isinstance(args, (dict, Namespace)):
+            check_config_files(list(sys.argv[1:] if args is None else args))
         if not isinstance(args, list | tuple | None) or with_run_folder(self._args) == self._args:
             super().parse_arguments(parser, args)
         else:  # an overlay run: its own folder (the line shows in --print_config and the saved config.yaml)
@@ -119,6 +125,9 @@ class WCLCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.add_argument("--resume_with_changes", type=bool, default=False,
                             help="With --ckpt_path: resume although model arguments differ from the checkpoint's.")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit without --ckpt_path into a folder that holds checkpoints: start over and "
+                                 "overwrite them (without it, such a fit stops and says how to resume).")
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's version replaces the config's model by the checkpoint's hyper-parameters, silently; wcl keeps
@@ -141,6 +150,7 @@ class WCLCLI(LightningCLI):
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())
         cfg["callbacks"] = callbacks
+        check_accelerator(cfg.get("accelerator"))
         root = cfg.get("default_root_dir") or os.getcwd()
         _check_output_dir(root)
         if cfg.get("logger") in (None, True):  # CSV logs next to the checkpoints, wherever default_root_dir points
@@ -154,11 +164,58 @@ class WCLCLI(LightningCLI):
         for cb in self.trainer.callbacks:
             if isinstance(cb, Checkpoint):  # before Lightning resolves --ckpt_path last
                 cb.default_dirpath(self.trainer)
+        self._guard_run_folder()
         self._check_resume()
+        self._check_schedule()
 
     def before_validate(self) -> None:
+        from wcl.module import WCL
+
         self._check_resume()
+        if isinstance(self.model, WCL) and self.config_init[self.subcommand].get("ckpt_path") is None:
+            raise ConfigError(
+                "validate of a pretraining config (wcl.WCL) without --ckpt_path would evaluate a randomly "
+                "initialised network; pass --ckpt_path <run>/checkpoints/last.ckpt, or evaluate a pretrained "
+                "backbone with --config configs/knn/quickstart.yaml --model.checkpoint <run>/checkpoints/last.ckpt.")
         self._summary_instead_of_table()
+
+    def _check_schedule(self) -> None:
+        """A run needs a length (the learning-rate schedule spans it); settings that quietly waste it get a line."""
+        from wcl.module import WCL
+
+        trainer, model = self.trainer, self.model
+        endless = trainer.max_epochs is not None and trainer.max_epochs < 0
+        if endless and (trainer.max_steps is None or trainer.max_steps < 0):
+            raise ConfigError(f"trainer.max_epochs {trainer.max_epochs} trains without end, but the learning-rate "
+                              "schedule spans the run's length; set --trainer.max_epochs N, or --trainer.max_steps N.")
+        if not trainer.is_global_zero:
+            return
+        if isinstance(model, WCL):
+            hp = model.hparams
+            epochs = trainer.max_epochs if trainer.max_steps is None or trainer.max_steps < 0 else None
+            if epochs is not None and epochs > 0 and hp.warmup_epochs >= epochs:
+                run = f"{epochs} epoch" + "s" * (epochs != 1)
+                _note(f"model.warmup_epochs {hp.warmup_epochs:g} is not shorter than the run ({run}): "
+                      "the learning rate is still warming up when the run ends and never reaches its peak; lower "
+                      "--model.warmup_epochs.")
+            if hp.knn_every_n_epochs == 0:
+                _note("model.knn_every_n_epochs is 0: the online kNN is off, also after the last epoch (no "
+                      "val/knn_top1); set it to N >= 1 to evaluate every N epochs and at the end.")
+        splits = getattr(getattr(self.datamodule, "source", None), "splits", None)
+        if splits is not None and splits.val is None:
+            _note(f"{self.datamodule.source.root} has no val/ (or test/) folder: online evaluation is off (no kNN or "
+                  "linear accuracy during the run); add a val/<class>/ split to measure it.")
+
+    def before_predict(self) -> None:
+        # predict's outputs are written by a callback (wcl.callbacks.EmbeddingWriter); returning them too would
+        # keep a second copy of every embedding in memory.
+        cfg = self.config_init[self.subcommand]
+        if cfg.get("ckpt_path") is not None:
+            raise ConfigError(f"predict embeds the checkpoint given as --model.checkpoint {cfg['ckpt_path']}, not "
+                              "--ckpt_path (which restores a whole run); pass it as --model.checkpoint.")
+        if cfg.get("return_predictions") is None:
+            cfg["return_predictions"] = False
+
 
     def _summary_instead_of_table(self) -> None:
         """``after_validate`` prints the metrics as ``wcl:`` lines; Lightning's unrounded table only with
@@ -170,6 +227,8 @@ class WCLCLI(LightningCLI):
         """The validation's metrics as ``wcl:`` lines, rounded as the fit summary rounds them."""
         if not self.trainer.is_global_zero:
             return
+        if hasattr(self.trainer.datamodule, "protocol"):
+            print(f"wcl: labels: {self.trainer.datamodule.protocol()}", flush=True)
         metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         lines = [f"wcl: {key} = {float(value):.4f}" for key, value in sorted(metrics.items())]
         print("\n".join(lines) or "wcl: the validation logged no metrics", flush=True)
@@ -185,6 +244,9 @@ class WCLCLI(LightningCLI):
             cb = next((c for c in self.trainer.callbacks if isinstance(c, Checkpoint)), None)
             last = Path(cb.default_dirpath(self.trainer)) / "last.ckpt" if cb is not None else None
             if last is None or not last.is_file():
+                if self.subcommand != "fit":
+                    raise ConfigError(f"--ckpt_path last: there is no checkpoint at {last}; give the .ckpt to "
+                                      f"{self.subcommand} with --ckpt_path PATH.")
                 print(f"wcl: no checkpoint to resume at {last}; starting from the beginning", flush=True)
                 cfg["ckpt_path"] = None
                 return
@@ -193,7 +255,7 @@ class WCLCLI(LightningCLI):
             return
         if not Path(path).is_file():
             raise ConfigError(f"--ckpt_path {path} does not exist; give a .ckpt written by `{PROG} fit`, or 'last'.")
-        saved = torch.load(path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+        saved = read_resume_checkpoint(Path(path)).get("hyper_parameters", {})
         saved_class, mine = saved.get("_class_path"), type(self.model)
         if saved_class is not None and _resolve(saved_class) is not mine:
             raise ConfigError(
@@ -206,6 +268,35 @@ class WCLCLI(LightningCLI):
             raise ConfigError(f"--ckpt_path {path} was trained with other model arguments ({'; '.join(changed)}). "
                               "Resume with the checkpoint's values, or pass --resume_with_changes true to continue "
                               "with these.")
+
+    def _guard_run_folder(self) -> None:
+        """Before a fit writes anything: this process holds the run folder's lock (global rank 0), a fresh fit does
+        not overwrite an earlier run's checkpoints, and every output folder is writable."""
+        cfg, trainer = self.config_init[self.subcommand], self.trainer
+        folders = [Path(cb.dirpath) for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+        if trainer.is_global_zero:
+            self._lock = lock_run_folder(Path(trainer.default_root_dir))
+        if cfg.get("ckpt_path") is None and not cfg.get("overwrite"):
+            for folder in folders:
+                check_no_checkpoints(folder)
+        if trainer.is_global_zero:
+            for folder in folders:
+                check_writable(folder, "the checkpoint folder", "fix the callback's dirpath or "
+                               "--trainer.default_root_dir")
+            for logger in trainer.loggers:
+                folder = getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None)
+                if folder and "://" not in str(folder):
+                    check_writable(Path(folder), f"the {type(logger).__name__} folder",
+                                   "remove what is in the way or choose another --trainer.default_root_dir")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:  # main() may run again in this process (tests, notebooks): the folder is free again
+            lock = getattr(self, "_lock", None)
+            if lock is not None:
+                lock.close()
+                self._lock = None
 
     def after_fit(self) -> None:
         from wcl.callbacks import OnlineKnn, TrainingMonitor
@@ -226,6 +317,8 @@ class WCLCLI(LightningCLI):
         knn = next((cb for cb in trainer.callbacks if isinstance(cb, OnlineKnn)), None)
         if knn is not None and knn.best_top1 is not None:
             lines.append(f"wcl: best val/knn_top1 = {knn.best_top1:.4f}")
+        if hasattr(trainer.datamodule, "protocol"):  # which labels the numbers above used
+            lines.append(f"wcl: labels: {trainer.datamodule.protocol()}")
         ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
         if ckpt is not None:
             path = ckpt.last_model_path or ckpt.best_model_path
@@ -305,6 +398,139 @@ def _check_output_dir(root: str) -> None:
                           "Choose a writable folder path.") from err
 
 
+def _note(text: str) -> None:
+    """A setting that runs but probably not as meant: one line, not an error."""
+    print(f"wcl: warning: {text}", file=sys.stderr, flush=True)
+
+
+def read_resume_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint ``--ckpt_path`` names, read before Lightning reads it, with one line for a file that is not
+    one (empty, cut short by a copy or a kill, another format)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - every unreadable file gets the same advice
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        size = path.stat().st_size
+        raise ConfigError(f"--ckpt_path {path} cannot be read ({size} bytes; {reason}): the file is empty or cut "
+                          "short (a copy or save that did not finish?); pass another checkpoint, e.g. an epoch=N.ckpt "
+                          "of the run.") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"--ckpt_path {path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written "
+                          f"by `{PROG} fit`.")
+    return ckpt
+
+
+def check_accelerator(name: Any) -> None:
+    """``--trainer.accelerator gpu`` (cuda, mps) where there is none: the key and the fix, not a backend error."""
+    if not isinstance(name, str) or name not in ("gpu", "cuda", "mps"):
+        return
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if (name == "cuda" and torch.cuda.is_available()) or (name == "mps" and mps) or \
+            (name == "gpu" and (torch.cuda.is_available() or mps)):
+        return
+    raise ConfigError(f"trainer.accelerator {name}: no such device is visible here (torch.cuda.is_available() is "
+                      f"{torch.cuda.is_available()}); use --trainer.accelerator auto (the GPU when there is one) or "
+                      "cpu, or check CUDA_VISIBLE_DEVICES and that torch was built with CUDA.")
+
+
+def _config_paths(args: list[str]) -> list[str]:
+    paths = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            paths.append(args[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def check_config_files(args: list[str]) -> None:
+    """Every ``--config`` file parses as YAML (else: its file, line and column), and an overlay (a ``model:`` or
+    ``data:`` section without ``class_path``) does not come before the config that names the class."""
+    loaded = []
+    for path in _config_paths(args):
+        if not Path(path).is_file():
+            continue  # jsonargparse says it
+        try:
+            loaded.append((path, yaml.safe_load(Path(path).read_text()) or {}))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            tab = " (YAML indents with spaces, not tabs)" if "\\t" in problem or "\t" in problem else ""
+            raise ConfigError(f"{path}: invalid YAML{where}: {problem}{tab}.") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read the config {path}: {err}.") from None
+    for section in ("model", "data"):
+        named = [i for i, (_, c) in enumerate(loaded) if isinstance(c, dict) and isinstance(c.get(section), dict)
+                 and "class_path" in c[section]]
+        for i, (path, c) in enumerate(loaded):
+            part = c.get(section) if isinstance(c, dict) else None
+            if isinstance(part, dict) and "class_path" not in part and named and named[0] > i:
+                base = loaded[named[0]][0]
+                raise ConfigError(f"{path} is an overlay (its {section}: has no class_path) and must follow the "
+                                  f"config it changes: give --config {base} before --config {path}.")
+
+
+LOCK_NAME = ".wcl.lock"
+
+
+def lock_run_folder(root: Path) -> IO[str] | None:
+    """Holds an exclusive lock on ``root`` (``root/.wcl.lock``) while the returned file is open; the system frees
+    it when the process ends in any way (kill -9 included), so a stale file never blocks. Another process that
+    holds it is named in the error."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        f = open(root / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the whole fit
+    except OSError as err:
+        raise ConfigError(f"cannot write to the run folder {root} (trainer.default_root_dir): "
+                          f"{err.strerror or err}; choose a writable folder.") from err
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(f"another fit is running in {root} ({holder}); wait for it to end, or pass another "
+                          "--trainer.default_root_dir.") from None
+    except OSError:  # a file system without locks: run unguarded rather than not at all
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
+
+
+def check_no_checkpoints(folder: Path) -> None:
+    """A fit that starts from scratch must not overwrite an earlier run's checkpoints without being told to."""
+    found = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    if found:
+        names = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise ConfigError(f"{folder} already holds checkpoints of an earlier run ({names}); pass --ckpt_path last "
+                          "to resume it, --overwrite true to start over in this folder, or another "
+                          "--trainer.default_root_dir.")
+
+
+def check_writable(folder: Path, what: str, fix: str) -> None:
+    """``folder`` exists (created if needed) and takes a file, before the first step rather than at the first
+    save."""
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"{what} {folder} cannot be created: {blocker} is a file, not a folder; {fix}.")
+    probe = folder / f".wcl-write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"cannot write to {what} {folder}: {err.strerror or err}; {fix}.") from err
+
+
 def _user_error(err: BaseException) -> str | None:
     """The one-line message behind ``err``, if it is a user error (jsonargparse and DataLoader workers wrap them)."""
     seen: BaseException | None = err
@@ -316,6 +542,30 @@ def _user_error(err: BaseException) -> str | None:
             return text
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")  # gloo, when a peer process is gone
+
+
+def _lost_rank(err: BaseException) -> str | None:
+    """The one-line message for a collective that failed because another rank's process died (killed, out of
+    memory, crashed): gloo closes the connection and every survivor stops at its next collective."""
+    seen: BaseException | None = err
+    while seen is not None and not (isinstance(seen, RuntimeError) and any(s in str(seen) for s in _PEER_GONE)):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:  # the process group is gone already: the launchers' variables
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 0))
+    peer = re.search(r"peer \[?([^\]\s]+?)\]?:(\d+)", str(seen))
+    lost = f"rank {1 - rank}" if world == 2 else "another rank" + (f" (at {peer[1]}:{peer[2]})" if peer else "")
+    run = f"this {world}-process run" if world else "this run"
+    return (f"{lost} of {run} is gone (its process died: killed, out of memory or crashed; see its log), so rank "
+            f"{rank} stops too. Resume from the last checkpoint with --ckpt_path last.")
 
 
 def _quiet() -> None:
@@ -333,11 +583,14 @@ def main(args: list[str] | None = None) -> None:
     _quiet()
     try:
         WCLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
-               save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+               save_config_callback=SaveConfig, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                parser_kwargs={name: {"description": help_text(name)} for name in WCLCLI.subcommands()})
-    except SIGTERMException:
-        sys.exit(128 + 15)  # pre-empted: last.ckpt was saved; a non-zero exit stops `fit && probe` chains
+    except SIGTERMException as stop:  # SIGTERM or Ctrl-C: last.ckpt was saved; a non-zero exit stops `fit && probe`
+        sys.exit(128 + int(getattr(stop, "signum", 15)))
     except Exception as err:
+        if (lost := _lost_rank(err)) is not None:
+            print(f"wcl: error: {lost}", file=sys.stderr, flush=True)
+            sys.exit(1)
         message = _user_error(err)
         if message is None:
             raise

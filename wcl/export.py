@@ -1,11 +1,20 @@
-"""Export a checkpoint's backbone as a torchvision ResNet ``state_dict``.
+"""Export a checkpoint's backbone as a ``state_dict`` and print the Python line that loads it.
 
     python -m wcl.export CKPT OUT.pt
 
-With the standard stem and width 64, ``torchvision.models.resnet50()`` (or 18/34) loads the file with
-``strict=True``. ``fc`` is the fine-tuned / probed classifier for ``FineTune`` and ``LinearProbe`` checkpoints
-(load with ``resnetXX(num_classes=C)``); a pretraining checkpoint has no classifier, so ``fc`` is written as a
-zero 1000-way layer to be replaced.
+What loads the file with ``strict=True``, by backbone:
+
+- ``resnet18|34|50`` at width 64 with the standard stem: ``torchvision.models.resnet50()`` (or 18/34). ``fc`` is
+  the probed / fine-tuned classifier of a ``LinearProbe`` / ``FineTune`` checkpoint (``resnet50(num_classes=C)``);
+  a pretraining checkpoint has no classifier, so ``fc`` is written as a zero 1000-way layer to be replaced.
+- other widths or the CIFAR stem: ``wcl.models.build_resnet(name, width, cifar_stem)`` (its ``fc`` is the
+  identity; a classifier is loaded into ``m.fc = torch.nn.Linear(D, C)``).
+- ``torchvision:<name>``: ``torchvision.models.get_model(name, **backbone_args)`` with its last linear layer
+  replaced by ``torch.nn.Identity()`` (or by ``torch.nn.Linear(D, C)`` for a classifier).
+- ``timm:<name>``: ``timm.create_model(name, num_classes=0, **backbone_args)`` (``num_classes=C`` for a
+  classifier).
+
+The exact line is printed after the export.
 """
 
 from __future__ import annotations
@@ -13,15 +22,23 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from wcl.errors import ConfigError, WCLError
-from wcl.eval.checkpoint import backbone_arch, read_checkpoint
+from wcl.eval.checkpoint import load_backbone, read_checkpoint
+from wcl.models.backbones import module_expression
 
 
-def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, object]:
-    """Write the torchvision-style state dict; returns ``{"arch", "fc", "torchvision_compatible"}``."""
+def _kwargs(args: dict[str, Any]) -> str:
+    return "".join(f", {k}={v!r}" for k, v in args.items())
+
+
+def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write the state dict; returns ``{"arch", "fc", "torchvision_compatible", "load"}`` where ``fc`` is
+    ``classifier`` (a probe's / fine-tune's classifier was written), ``zeros`` (a zero torchvision ``fc``) or
+    ``none``, and ``load`` is a Python line that builds ``m`` and loads the file into it with ``strict=True``."""
     out = Path(out).expanduser()
     if out.exists() and out.resolve() == Path(checkpoint).expanduser().resolve():
         raise ConfigError(f"the output {out} is the checkpoint being exported; write the weights to another file.")
@@ -31,23 +48,48 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, object
     if blocking is not None:
         raise ConfigError(f"cannot write {out}: {blocking} is a file, not a folder; choose another output path.")
     ckpt = read_checkpoint(checkpoint)
-    arch = backbone_arch(ckpt, checkpoint)
-    state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
-    dim = state["layer4.0.downsample.1.weight"].shape[0]  # channels of the pooled features
+    backbone, arch = load_backbone(checkpoint)  # the weights fit the recorded architecture (strict)
+    info = backbone.backbone_info
+    state = backbone.state_dict()
+    dim = backbone.out_dim
     # Probe / fine-tune runs store their architecture as "arch"; a pretraining run's classifier is only the
     # online monitor, so it is not exported.
+    head = None
     if "arch" in ckpt.get("hyper_parameters", {}) and "classifier.weight" in ckpt["state_dict"]:
-        state["fc.weight"] = ckpt["state_dict"]["classifier.weight"]
-        state["fc.bias"] = ckpt["state_dict"]["classifier.bias"]
-        fc = "classifier"
+        head = ckpt["state_dict"]["classifier.weight"], ckpt["state_dict"]["classifier.bias"]
+    classes = None if head is None else head[0].shape[0]
+    load = f"m.load_state_dict(torch.load({str(out)!r}), strict=True)"
+    compatible = info.kind == "resnet" and arch["width"] == 64 and not arch["cifar_stem"] and not info.args
+    fc = "none" if head is None else "classifier"
+    if compatible:  # torchvision's own ResNet: its fc must be in the file
+        if head is None:
+            head, fc = (torch.zeros(1000, dim), torch.zeros(1000)), "zeros"
+        path, build = "fc", f"import torch, torchvision; m = torchvision.models.{info.model}(" \
+                            f"{'' if classes is None else f'num_classes={classes}'}); {load}"
+        if classes is None:
+            build += "; m.fc = torch.nn.Identity()"
+    elif info.kind == "resnet":
+        path = "fc"
+        build = f"import torch, wcl.models; m = wcl.models.build_resnet({info.model!r}, {arch['width']}, " \
+                f"{arch['cifar_stem']}{_kwargs(info.args)}); "
+        build += load if head is None else f"m.fc = torch.nn.Linear({dim}, {classes}); {load}"
+    elif info.kind == "torchvision":
+        path = info.classifier
+        layer = "torch.nn.Identity()" if head is None else f"torch.nn.Linear({dim}, {classes})"
+        build = f"import torch, torchvision; m = torchvision.models.get_model({info.model!r}{_kwargs(info.args)}); " \
+                f"m{module_expression(path)} = {layer}; {load}"
     else:
-        state["fc.weight"] = torch.zeros(1000, dim)
-        state["fc.bias"] = torch.zeros(1000)
-        fc = "zeros"
+        path = info.classifier
+        if head is not None and path is None:
+            raise ConfigError(f"timm:{info.model} does not say where its classifier lives; export the pretraining "
+                              "checkpoint instead.")
+        build = f"import torch, timm; m = timm.create_model({info.model!r}, num_classes={classes or 0}" \
+                f"{_kwargs(info.args)}); {load}"
+    if head is not None:
+        state[f"{path}.weight"], state[f"{path}.bias"] = head
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, out)
-    compatible = arch["width"] == 64 and not arch["cifar_stem"]
-    return {"arch": arch, "fc": fc, "torchvision_compatible": compatible}
+    return {"arch": arch, "fc": fc, "torchvision_compatible": compatible, "load": build}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,11 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wcl.export: error: {err}", file=sys.stderr)
         sys.exit(2)
     arch = info["arch"]
-    print(f"wrote {args.out}: {arch['backbone']} width {arch['width']} cifar_stem={arch['cifar_stem']}, "
-          f"fc={info['fc']}")
-    if not info["torchvision_compatible"]:
-        print("note: this backbone has a non-standard stem or width, so torchvision's constructors will not load "
-              "it; use wcl.models.build_resnet(backbone, width, cifar_stem) instead.")
+    what = arch["backbone"] if not arch["backbone"].startswith("resnet") else \
+        f"{arch['backbone']} width {arch['width']} cifar_stem={arch['cifar_stem']}"
+    extra = f" {arch['backbone_args']}" if arch["backbone_args"] else ""
+    print(f"wrote {args.out}: {what}{extra}, classifier={info['fc']}")
+    print(f"load with: {info['load']}")
 
 
 if __name__ == "__main__":

@@ -178,6 +178,7 @@ def weak_label_loss(
     small: Tensor | None = None,
     small_owner: Tensor | None = None,
     crop_weighting: CropWeighting = "anchor",
+    rank_balanced: bool = False,
 ) -> Tensor:
     """The swapped weak-label loss of WCL.
 
@@ -195,6 +196,8 @@ def weak_label_loss(
             labels against view-1 candidates, and under view-1 labels against view-2 candidates); the graph
             itself is built from the two high-resolution views only.
         crop_weighting: see :func:`crop_anchor_weights`.
+        rank_balanced: scale each direction by :func:`rank_share`, so that the mean over ranks is the global-batch
+            loss also when some anchors have no positive (singleton components, which only a label graph makes).
     """
     v1_all = v1 if v1_all is None else v1_all
     v2_all = v2 if v2_all is None else v2_all
@@ -203,7 +206,32 @@ def weak_label_loss(
     crops = {"small": small, "small_owner": small_owner, "crop_weighting": crop_weighting}
     loss_1 = same_view_supcon_loss(v1, labels2, temperature, v_all=v1_all, offset=offset, **crops)
     loss_2 = same_view_supcon_loss(v2, labels1, temperature, v_all=v2_all, offset=offset, **crops)
+    if rank_balanced:
+        share = {"local": v1.shape[0], "offset": offset, "crops": 0 if small is None else small.shape[0],
+                 "crop_weighting": crop_weighting}
+        loss_1 = loss_1 * rank_share(labels2, **share).to(loss_1.dtype)
+        loss_2 = loss_2 * rank_share(labels1, **share).to(loss_2.dtype)
     return 0.5 * (loss_1 + loss_2)
+
+
+def rank_share(labels: Tensor, local: int, offset: int, crops: int = 0,
+               crop_weighting: CropWeighting = "anchor") -> Tensor:
+    """This rank's anchor weight over the mean of every rank's, under the global weak labels ``labels`` ([W·B]).
+
+    Each rank averages its loss over its own anchors that have a positive (weight ``D_r``); DDP then averages the
+    ranks. Scaling rank r's loss by ``D_r / mean_k D_k`` makes that average the global-batch mean exactly. Every
+    ``D_k`` follows from the global labels (a view anchor has a positive iff its component has two members; a
+    crop always has its owner), so no communication is needed; the factor is 1 when no component is a singleton.
+    ``crops``: crop anchors per rank (the same on every rank).
+    """
+    world = labels.shape[0] // local
+    sizes = torch.zeros_like(labels).scatter_add_(0, labels, torch.ones_like(labels))  # bincount would sync on CUDA
+    has_pos = (sizes[labels] >= 2).view(world, local).sum(1).double()
+    if crop_weighting == "term" and crops > 0:
+        weight = 0.5 * has_pos / local + 0.5
+    else:
+        weight = has_pos + crops
+    return weight[offset // local] / weight.mean()  # float64; the caller casts to its loss dtype
 
 
 class NTXentLoss(nn.Module):
@@ -244,16 +272,20 @@ class WeakLabelLoss(nn.Module):
         self.candidates_grad, self.crop_weighting = candidates_grad, crop_weighting
 
     def forward(self, v1: Tensor, v2: Tensor, small: Tensor | None = None,
-                small_owner: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """v1, v2: B×D local phi-projections (small/small_owner: crops, as in ``weak_label_loss``) →
+                small_owner: Tensor | None = None, known: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """v1, v2: B×D local phi-projections (small/small_owner: crops, as in ``weak_label_loss``); ``known``:
+        optional LongTensor[B], this rank's known classes (-1 unknown), gathered with the embeddings so both views'
+        graphs are constrained on the global batch (:func:`wcl.graph.label_constraints`) →
         (scalar loss, weak labels of view 1 and of view 2, LongTensor[W·B])."""
         if self.candidates_grad:
             v1_all, v2_all = gather(v1), gather(v2)
         else:  # the official code: every candidate a constant, this rank's own included (class docstring)
             v1_all, v2_all = gather_nograd(v1).detach(), gather_nograd(v2).detach()
-        labels1 = weak_labels(v1_all.detach(), self.graph_backend)
-        labels2 = weak_labels(v2_all.detach(), self.graph_backend)
+        known_all = None if known is None else gather_nograd(known.to(v1.device))
+        labels1 = weak_labels(v1_all.detach(), self.graph_backend, known=known_all)
+        labels2 = weak_labels(v2_all.detach(), self.graph_backend, known=known_all)
         loss = weak_label_loss(v1, v2, self.temperature, v1_all=v1_all, v2_all=v2_all,
                                offset=rank_offset(v1.shape[0]), labels1=labels1, labels2=labels2,
-                               small=small, small_owner=small_owner, crop_weighting=self.crop_weighting)
+                               small=small, small_owner=small_owner, crop_weighting=self.crop_weighting,
+                               rank_balanced=known_all is not None)
         return loss, labels1, labels2

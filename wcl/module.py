@@ -11,14 +11,14 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from wcl import optim
-from wcl.callbacks import FiniteLossGuard, OnlineKnn
+from wcl.callbacks import FiniteLossGuard, LabelledSubsetFile, OnlineKnn
 from wcl.callbacks.monitor import is_logging_step
 from wcl.distributed import gather_nograd
 from wcl.errors import ConfigError
 from wcl.graph import GraphBackend, weak_label_stats
 from wcl.losses import CropWeighting, NTXentLoss, WeakLabelLoss
-from wcl.models import ProjectionHead, build_resnet
-from wcl.models.backbones import ResNetName
+from wcl.models import ProjectionHead, build_backbone
+from wcl.models.layout import set_layout, to_layout
 from wcl.optim import LRScaling, OptimizerName
 
 
@@ -33,9 +33,13 @@ class WCL(LightningModule):
     config shows the values a run will use.
 
     Args:
-        backbone: ResNet depth (``resnet18``, ``resnet34``, ``resnet50``).
-        width: base width of the ResNet (64 standard, 16 for CPU runs).
-        cifar_stem: 3×3 stride-1 first convolution and no max-pool, for 32-px images.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` (wcl's ResNets), ``torchvision:<name>`` (a classification
+            model of torchvision.models.list_models(), classifier removed) or ``timm:<name>`` (timm.create_model(name,
+            num_classes=0); pip install "wcl[timm]"). The feature dimension is read from the model.
+        width: base width of wcl's ResNets (64 standard, 16 for CPU runs); other backbones need the default 64.
+        cifar_stem: 3×3 stride-1 first convolution and no max-pool, for 32-px images (wcl's ResNets only).
+        backbone_args: keyword arguments of the torchvision / timm constructor, e.g. ``{img_size: 32, patch_size:
+            4}`` for a ViT on 32-px images (timm ViTs get ``dynamic_img_size: true`` unless set, for multi-crop).
         proj_hidden_dim: hidden width of the NT-Xent head ``g``.
         proj_out_dim: output width of ``g`` (the space NT-Xent compares in).
         proj_layers: linear layers of ``g``.
@@ -49,6 +53,10 @@ class WCL(LightningModule):
             start).
         graph_backend: where connected components are found: ``scipy``, ``torch`` or ``auto`` (torch on
             accelerators, scipy on CPU).
+        label_graph: the known labels (``data.label_fraction`` / ``data.subset_file``, label -1 elsewhere) constrain
+            the weak-label graph of the global batch: labelled samples of one class are linked, a 1-NN edge between
+            labelled samples of different classes is dropped (:func:`wcl.graph.label_constraints`). This project's
+            extension, not the paper's; off by default.
         candidates_grad: true: the gradient of the global-batch loss, through anchors and every candidate of
             every rank. false: the official code's — in NT-Xent other ranks' embeddings are constants; in the
             weak-label loss every candidate is (this rank's own too), so that term's gradient flows through its
@@ -65,7 +73,8 @@ class WCL(LightningModule):
         weight_decay: weight decay (not of biases and normalisation parameters with ``exclude_bias_norm``).
         lars_eta: LARS trust coefficient η (:class:`wcl.optim.LARS`).
         lars_clip: LARC's clip mode: a layer's LARS factor is ``min(trust / lr, 1)`` (solo-learn's ``clip_lr``).
-        exclude_bias_norm: biases and normalisation parameters get no weight decay and no LARS adaptation.
+        exclude_bias_norm: biases, normalisation parameters and the tokens a backbone declares (a ViT's
+            ``cls_token``, ``pos_embed``) get no weight decay and no LARS adaptation.
         warmup_epochs: linear warm-up of the lr over this many epochs, then cosine decay per step.
         min_lr_factor: the cosine decays to this fraction of the lr.
         num_classes: classes of the online linear classifier (linked from the data module by the CLI; None
@@ -75,7 +84,8 @@ class WCL(LightningModule):
         knn_k: neighbours of the online weighted kNN (``wcl.callbacks.OnlineKnn``).
         knn_temperature: vote temperature of the online kNN.
         knn_every_n_epochs: run the online kNN every n epochs and after the last one (0 turns it off).
-        channels_last: run the backbone in channels-last memory format.
+        channels_last: run a convolutional backbone in channels-last memory format on CUDA devices (never one with
+            attention; on CPU the backbone always runs contiguous: see ``wcl.models.layout``).
         compile_backbone: ``torch.compile`` the backbone in place (checkpoint keys do not change); ``auto``
             compiles on CUDA devices only.
         compile_mode: ``torch.compile``'s ``mode``.
@@ -84,9 +94,10 @@ class WCL(LightningModule):
 
     def __init__(
         self,
-        backbone: ResNetName = "resnet50",
+        backbone: str = "resnet50",
         width: int = 64,
         cifar_stem: bool = False,
+        backbone_args: dict[str, Any] | None = None,
         proj_hidden_dim: int = 2048,
         proj_out_dim: int = 128,
         proj_layers: int = 2,
@@ -98,6 +109,7 @@ class WCL(LightningModule):
         weak_weight: float = 1.0,
         weak_warmup_epochs: float = 0.0,
         graph_backend: GraphBackend = "auto",
+        label_graph: bool = False,
         candidates_grad: bool = True,
         crop_losses: Literal["both", "nce", "weak"] = "both",
         crop_weighting: CropWeighting = "anchor",
@@ -124,7 +136,10 @@ class WCL(LightningModule):
         super().__init__()
         for key, value in (("temperature", temperature), ("weak_temperature", weak_temperature),
                            ("base_lr", base_lr), ("lars_eta", lars_eta), ("knn_temperature", knn_temperature),
-                           ("knn_k", knn_k)):
+                           ("knn_k", knn_k), ("width", width), ("proj_hidden_dim", proj_hidden_dim),
+                           ("proj_out_dim", proj_out_dim), ("proj_layers", proj_layers),
+                           ("weak_hidden_dim", weak_hidden_dim), ("weak_out_dim", weak_out_dim),
+                           ("weak_layers", weak_layers), ("online_lr", online_lr)):
             if value <= 0:
                 raise ConfigError(f"model.{key} must be > 0, got {value}")
         for key, value in (("weak_weight", weak_weight), ("weak_warmup_epochs", weak_warmup_epochs),
@@ -132,11 +147,19 @@ class WCL(LightningModule):
                            ("knn_every_n_epochs", knn_every_n_epochs)):
             if value < 0:
                 raise ConfigError(f"model.{key} must be >= 0, got {value}")
+        for key, value, high in (("momentum", momentum, "< 1"), ("min_lr_factor", min_lr_factor, "<= 1")):
+            if not (0 <= value < 1 if high == "< 1" else 0 <= value <= 1):
+                raise ConfigError(f"model.{key} must be >= 0 and {high}, got {value}")
+        if num_classes is not None and num_classes < 2:
+            raise ConfigError(f"model.num_classes must be >= 2 (or null, no online linear probe), got {num_classes}")
         if weak_weight == 0 and crop_losses == "weak":
             raise ConfigError("model.crop_losses: weak needs the weak-label term, but model.weak_weight is 0 "
                               "(SimCLR mode); set --model.crop_losses nce to give the crops to NT-Xent.")
+        if label_graph and weak_weight == 0:
+            raise ConfigError("model.label_graph puts the known labels into the weak-label graph, but model.weak_weight"
+                              " is 0 (SimCLR mode, no graph); set a weak_weight > 0 or label_graph: false.")
         self.save_hyperparameters()
-        self.backbone = build_resnet(backbone, width, cifar_stem)
+        self.backbone = build_backbone(backbone, width, cifar_stem, backbone_args)
         feat_dim = self.backbone.out_dim
         self.g = ProjectionHead(feat_dim, proj_hidden_dim, proj_out_dim, proj_layers)
         # SimCLR mode (weak_weight 0) has no phi: an unused head would also leave DDP gradient buckets unreduced.
@@ -146,15 +169,18 @@ class WCL(LightningModule):
             if self.phi is not None else None
         self.classifier = nn.Linear(feat_dim, num_classes) if num_classes else None
         self.online_top1 = MulticlassAccuracy(num_classes, average="micro") if num_classes else None
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            self.backbone = self.backbone.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
         """Backbone features: B×3×H×W → B×D."""
-        return self.backbone(x.contiguous(memory_format=self.memory_format))
+        return self.backbone(to_layout(self.backbone, x, self.hparams.channels_last))
 
     def setup(self, stage: str) -> None:
+        set_layout(self.backbone, self.device, self.hparams.channels_last)  # self.device: the strategy's device
+        dm = self._trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and self.hparams.label_graph and dm is not None and not getattr(dm, "label_subset", True):
+            raise ConfigError("model.label_graph uses the labels of data.label_fraction / data.subset_file, and neither"
+                              " is set, so every training label would be known; set --data.label_fraction (1.0 for "
+                              "all labels).")
         mode = self.hparams.compile_backbone
         if stage == "fit" and (mode is True or (mode == "auto" and self.device.type == "cuda")):
             # One graph per input shape (views, crops, evaluation) instead of dynamic-shape kernels.
@@ -164,13 +190,15 @@ class WCL(LightningModule):
         """The callbacks this model's arguments configure: the online kNN and the non-finite-loss guard."""
         hp = self.hparams
         callbacks: list[Callback] = [FiniteLossGuard()] if hp.check_finite else []
+        callbacks.append(LabelledSubsetFile())  # writes the known-label list when the data module has one
         if hp.knn_every_n_epochs > 0:
             callbacks.append(OnlineKnn(hp.knn_k, hp.knn_temperature, hp.knn_every_n_epochs))
         return callbacks
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """batch: ``{"views": [x1, x2] (B×3×S×S), "index", "label"}`` (+ ``"small"``: crops) → the loss, and for
+        """batch: ``{"views": [x1, x2] (B×3×S×S), "index", "label"}`` (+ ``"small"``: crops; ``"true_label"``:
+        every image's class where ``"label"`` is -1 for the unknown ones) → the loss, and for
         the callbacks ``h1`` (detached B×D), ``index`` and the loss ``terms``."""
         x1, x2 = batch["views"]
         h1, h2 = self(x1), self(x2)
@@ -181,7 +209,8 @@ class WCL(LightningModule):
         loss = terms["loss_nce"]
         if self.phi is not None:
             weak_crops = (self.phi(small), owner) if small is not None and hp.crop_losses != "nce" else (None, None)
-            terms["loss_weak"], _, labels2 = self.weak_loss(self.phi(h1), self.phi(h2), *weak_crops)
+            known = batch["label"] if hp.label_graph else None
+            terms["loss_weak"], _, labels2 = self.weak_loss(self.phi(h1), self.phi(h2), *weak_crops, known)
             loss = loss + self.current_weak_weight() * terms["loss_weak"]
         if self.classifier is not None:  # online linear probe on detached features; unlabelled samples ignored
             target = batch["label"]
@@ -190,7 +219,8 @@ class WCL(LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items()} | {"train/loss": loss}, batch_size=len(x1))
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(x1))
         if self.phi is not None and self._logging_step():  # diagnostics read values back: only when logged
-            stats = weak_label_stats(labels2, gather_nograd(batch["label"]))
+            # purity needs every image's class: the data module's true labels where it masks the unknown ones
+            stats = weak_label_stats(labels2, gather_nograd(batch.get("true_label", batch["label"])))
             self.log_dict({f"weak_labels/{k}": v for k, v in stats.items()}, batch_size=len(x1))
             self.log("train/weak_weight", self.current_weak_weight(), batch_size=len(x1))
         total = loss + terms.get("online_linear_loss", 0.0)

@@ -72,16 +72,19 @@ class LARS(torch.optim.Optimizer):
 
 
 def param_groups(modules: dict[str, nn.Module], weight_decay: float, exclude_bias_norm: bool = True) -> list[dict]:
-    """Split parameters into decayed, LARS-adapted weights and the biases / normalisation parameters (1-D tensors,
-    exactly the official code's ``bn``/``bias`` names for ResNets and these heads), which get neither — unless
-    ``exclude_bias_norm`` is False, which treats every tensor alike."""
+    """Split parameters into decayed, LARS-adapted weights and the ones that get neither: biases and normalisation
+    parameters (1-D tensors, exactly the official code's ``bn``/``bias`` names for ResNets and these heads) and the
+    parameters a backbone declares in ``no_decay_names`` (a ViT's class token and position embedding, timm's
+    ``no_weight_decay()``) — unless ``exclude_bias_norm`` is False, which treats every tensor alike."""
     decay: list[Tensor] = []
     no_decay: list[Tensor] = []
     for module in modules.values():
-        for p in module.parameters():
+        declared = getattr(module, "no_decay_names", frozenset())
+        for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim <= 1 and exclude_bias_norm else decay).append(p)
+            excluded = p.ndim <= 1 or name in declared
+            (no_decay if excluded and exclude_bias_norm else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
         {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import uuid
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 from lightning.fabric.plugins import CheckpointIO
@@ -24,7 +28,8 @@ class AtomicCheckpointIO(CheckpointIO):
         if "://" in path:  # remote storage (fsspec): no local rename to make it atomic
             self.inner.save_checkpoint(checkpoint, path, storage_options)
             return
-        tmp = f"{path}.tmp"
+        # A unique name: two writers of one path (another run, another rank) never share a temporary file.
+        tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
         try:
             self.inner.save_checkpoint(checkpoint, tmp, storage_options)
             with open(tmp, "rb") as f:
@@ -56,15 +61,18 @@ class Checkpoint(ModelCheckpoint):
       loses no training (``save_on_train_epoch_end``);
     * every file is written to a temporary name in the same folder and renamed into place
       (:class:`AtomicCheckpointIO`), so a kill during a save leaves the previous checkpoint intact;
-    * on SIGTERM (Lightning stops after the current batch) or Ctrl-C, ``last.ckpt`` is saved before the process
-      exits, so ``--ckpt_path last`` continues from there. Under SLURM with auto-requeue, Lightning's own SIGUSR1
-      handler saves and requeues.
+    * on SIGTERM or a first Ctrl-C (SIGINT) the run stops after the current step (Lightning's stop on SIGTERM)
+      and ``last.ckpt`` is saved before the process exits, so ``--ckpt_path last`` continues exactly as an
+      uninterrupted run would. A second Ctrl-C stops at once and leaves ``last.ckpt`` as it was: a checkpoint
+      taken in the middle of a step would not resume exactly. Under SLURM with auto-requeue, Lightning's own
+      SIGUSR1 handler saves and requeues.
     """
 
     def __init__(self, save_last: bool | Literal["link"] | None = True, enable_version_counter: bool = False,
                  save_on_train_epoch_end: bool | None = True, **kwargs: Any) -> None:
         super().__init__(save_last=save_last, enable_version_counter=enable_version_counter,
                          save_on_train_epoch_end=save_on_train_epoch_end, **kwargs)
+        self._sigint = False
 
     def default_dirpath(self, trainer: Trainer) -> str:
         if self.dirpath is None:
@@ -77,12 +85,38 @@ class Checkpoint(ModelCheckpoint):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO(trainer.strategy.checkpoint_io)
         super().setup(trainer, pl_module, stage)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After Lightning's own handlers are set (it restores every signal's handler when the run ends).
+        self._sigint = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, lambda signum, frame: self._on_sigint(trainer, frame))
+
+    def _on_sigint(self, trainer: Trainer, frame: FrameType | None) -> None:
+        """A first Ctrl-C stops like SIGTERM, after the current step; a second one stops at once."""
+        if self._sigint or trainer.received_sigterm:
+            raise KeyboardInterrupt
+        self._sigint = True
+        trainer._signal_connector.received_sigterm = True
+        if trainer.is_global_zero:
+            print("\nwcl: Ctrl-C: stopping after this step to save last.ckpt (Ctrl-C again stops at once, without "
+                  "saving)", flush=True)
+
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or self.dirpath is None:
+        if self.dirpath is None:
             return
         path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
+        if isinstance(exception, KeyboardInterrupt):
+            if trainer.is_global_zero:
+                kept = f"{path} is left as it was" if os.path.isfile(path) else "no last.ckpt was saved"
+                print(f"wcl: stopped at once at step {trainer.global_step}; {kept} (a checkpoint taken in the "
+                      "middle of a step would not resume exactly)", flush=True)
+            return
+        if not isinstance(exception, SIGTERMException):
+            return
+        exception.signum = signal.SIGINT if self._sigint else signal.SIGTERM  # the exit status of python -m wcl
         self.last_model_path = path  # part of the saved state
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
-            print(f"wcl: interrupted at step {trainer.global_step}; saved {path}. Resume with --ckpt_path last",
-                  flush=True)
+            name = "Ctrl-C" if self._sigint else "SIGTERM"
+            print(f"wcl: interrupted at step {trainer.global_step} ({name}); saved {path}. Resume with --ckpt_path "
+                  "last", flush=True)

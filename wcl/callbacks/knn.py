@@ -11,7 +11,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from wcl.errors import ConfigError
-from wcl.eval.knn import ShardedKnn
+from wcl.neighbors import ShardedKnn
 
 
 class OnlineKnn(Callback):
@@ -20,7 +20,7 @@ class OnlineKnn(Callback):
 
     The queries are the features ``validation_step`` returns (``{"features", "index", "label"}``); the bank pass
     over the training images (eval transform) runs only in those epochs, each rank over its own share, and the
-    ranks' top-k lists are merged (:class:`~wcl.eval.knn.ShardedKnn`). Logs ``val/knn_top1`` (and
+    ranks' top-k lists are merged (:class:`~wcl.neighbors.ShardedKnn`). Logs ``val/knn_top1`` (and
     ``val/knn_top5``); ``best_top1`` is the best value so far, ``last_epoch`` the (0-based) epoch of the last
     value. Off for unlabelled data (one line says so).
 

@@ -44,6 +44,10 @@ class PlainProgress(ProgressBar):
         if self._enabled and trainer.is_global_zero:
             print(text, file=sys.stdout, flush=True)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A run resumed in the middle of an epoch gets no on_train_epoch_start for that epoch.
+        self._start = time.perf_counter()
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start = time.perf_counter()
 
@@ -64,6 +68,13 @@ class PlainProgress(ProgressBar):
                            for k, v in sorted(shown.items()))
         self._print(trainer, f"epoch {_epoch(trainer)} done in {time.perf_counter() - self._start:.1f} s"
                              + (f": {values}" if values else ""))
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                             batch_idx: int, dataloader_idx: int = 0) -> None:
+        n, total = self.every_n_steps or trainer.log_every_n_steps, self.total_predict_batches_current_dataloader
+        if n > 0 and ((batch_idx + 1) % n == 0 or batch_idx + 1 == total):
+            loaders = len(trainer.num_predict_batches)
+            self._print(trainer, f"predict loader {dataloader_idx + 1}/{loaders} batch {batch_idx + 1}/{total}")
 
 
 class RichProgress(RichProgressBar):

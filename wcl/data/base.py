@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -9,10 +10,11 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.datasets import ImageFolder
 
 from wcl.data.augment import Augmentations, eval_transform
 from wcl.data.datasets import DatasetName
-from wcl.data.loaders import EvalBatches
+from wcl.data.loaders import EvalBatches, ignore_sigint
 from wcl.data.samples import EvalSamples
 from wcl.data.sampling import EpochSampler, SharedInt
 from wcl.data.source import DataSource, InMemory
@@ -66,8 +68,9 @@ class ImageData(LightningDataModule):
         skip_corrupt: bool = False,
     ) -> None:
         super().__init__()
+        resize = 1 if eval_resize is None else eval_resize  # None: no resize
         for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-                                ("num_workers", num_workers, 0), ("eval_resize", eval_resize or 1, 1)):
+                                ("num_workers", num_workers, 0), ("eval_resize", resize, 1)):
             if value < low:
                 raise ConfigError(f"data.{key} must be >= {low}, got {value}")
         # Resolving the source here checks the root at start-up (before any process is launched) and gives
@@ -116,6 +119,8 @@ class ImageData(LightningDataModule):
         settings = {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
                     "persistent_workers": self.persistent_workers, **kwargs}
         settings["persistent_workers"] &= settings["num_workers"] > 0
+        if settings["num_workers"] > 0:
+            settings.setdefault("worker_init_fn", ignore_sigint)
         return DataLoader(ds, batch_size=batch_size, **settings)
 
     def eval_loader(self, split: Literal["bank", "val"], shard: bool = False) -> Any:
@@ -129,6 +134,26 @@ class ImageData(LightningDataModule):
         if shard and world_size() > 1:
             ds = Subset(ds, range(rank(), len(ds), world_size()))
         return self._loader(ds, self.eval_batch_size)
+
+    def predict_splits(self) -> dict[str, Dataset]:
+        """What ``python -m wcl predict`` embeds, by output folder: ``train`` (the pretraining images), and the
+        validation split where there is one, named after its folder (``val`` or ``test``; ``test`` for CIFAR and
+        STL-10)."""
+        splits = {"train": self.source.pretrain}
+        val = self.source.splits.val
+        if val is not None:
+            base = val
+            while isinstance(base, Subset):
+                base = base.dataset
+            root = getattr(base, "root", None)
+            splits[Path(root).name if isinstance(base, ImageFolder) and root else "test"] = val
+        return splits
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        """One loader per :meth:`predict_splits` entry, ``{"image", "index", "label"}`` with the eval transform, in
+        dataset order (Lightning shards it over ranks without padding)."""
+        return [self._loader(self.eval_samples(ds), self.eval_batch_size, persistent_workers=False)
+                for ds in self.predict_splits().values()]
 
     def eval_dataset(self, split: Literal["bank", "val"]) -> EvalSamples:
         """A split's samples ``{"image", "index", "label"}`` with the evaluation transform, decoded from files."""

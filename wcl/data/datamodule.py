@@ -12,10 +12,10 @@ from wcl.data.base import ImageData
 from wcl.data.batched import BatchedViews
 from wcl.data.crops import CropOrigin, CropSource
 from wcl.data.datasets import source_of
-from wcl.data.loaders import IndexBatches, ResumableLoader
-from wcl.data.samples import EvalSamples, RawImage, TrainSamples
+from wcl.data.loaders import EvalBatches, IndexBatches, ResumableLoader
+from wcl.data.samples import EvalSamples, RawImage, TrainSamples, collate_raw
 from wcl.data.sampling import CROP, VIEW, sample_keys
-from wcl.data.subsets import class_balanced_fraction, named_subset
+from wcl.data.subsets import check_label_choice, describe_subset, labelled_subset
 from wcl.errors import ConfigError
 
 
@@ -23,9 +23,15 @@ class WCLDataModule(ImageData):
     """Pretraining data: two augmented views (+ small crops) of each image; class defaults, a --config overrides them.
 
     Training batches reach ``training_step`` as ``{"views": [x1, x2] (B×3×S×S each), "index": LongTensor[B],
-    "label": LongTensor[B]}`` (label -1 where unknown; diagnostics only), plus ``"small": [c1, …, cm]`` (B×3×s×s)
-    with crops. ``val_dataloader`` is the val split; ``eval_loader("bank")`` the train split with the eval
-    transform (the online kNN's bank).
+    "label": LongTensor[B]}`` (label -1 where unknown), plus ``"small": [c1, …, cm]`` (B×3×s×s) with crops.
+    ``val_dataloader`` is the val split; ``eval_loader("bank")`` the train split with the eval transform (the
+    online kNN's bank).
+
+    Few labels: with ``label_fraction`` or ``subset_file`` only those training images keep their label (the same
+    images :class:`LabelledDataModule` selects for the same split and seed; the list is written next to the
+    checkpoints); every other one has label -1, and ``"true_label"`` carries the dataset's labels for diagnostics
+    (weak-label purity) only. ``model.label_graph`` puts the known labels into the weak-label graph; the online
+    linear classifier trains on them alone.
 
     The arguments below, and those of :class:`~wcl.data.base.ImageData` (dataset, root, batch_size, …): ``python -m
     wcl fit --data.help wcl.WCLDataModule`` lists them all with the class's defaults; a ``--config`` sets its own.
@@ -45,6 +51,10 @@ class WCLDataModule(ImageData):
         small_crop_source: ``neighbors`` (WCL: cut from the sample's nearest neighbours of the previous epoch,
             found by the ``wcl.callbacks.KnnMultiCrop`` callback) or ``self`` (cut from the sample itself).
         first_epoch: crops before a neighbour table exists: ``self`` (from the sample itself) or ``none``.
+        label_fraction, subset_file: the known labels, as in :class:`LabelledDataModule` (drawn with ``seed``).
+        bank: the kNN bank (online and ``wcl.KNNEval``): ``labelled`` — the known labels only (every training
+            image without a subset), so "kNN with 1 % labels" is ``label_fraction: 0.01``; ``all`` — every training
+            image with its dataset label.
     """
 
     def __init__(
@@ -59,9 +69,14 @@ class WCLDataModule(ImageData):
         small_crop_scale: tuple[float, float] = (0.14, 1.0),
         small_crop_source: CropOrigin = "neighbors",
         first_epoch: Literal["self", "none"] = "self",
+        label_fraction: float | None = None,
+        subset_file: str | None = None,
+        bank: Literal["labelled", "all"] = "labelled",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_label_choice(label_fraction, subset_file)
+        self._labelled(label_fraction, subset_file, seed, bank)
         if self.batch_size < 2:
             raise ConfigError(
                 f"data.batch_size is {self.batch_size}, but WCL needs at least 2 samples per step: the 1-nearest-"
@@ -80,6 +95,62 @@ class WCLDataModule(ImageData):
                                 first_epoch)
         self._batched = self.views.map(lambda a: (BatchedViews(a), BatchedViews(a, small_crop_size, self.crops.scale)))
 
+    def _labelled(self, label_fraction: float | None, subset_file: str | None, seed: int, bank: str) -> None:
+        """The known labels: ``self.known_subset`` (a Subset of the bank split, or None) and ``self.known`` (a bool mask
+        over the pretraining images, or None when every label is known)."""
+        self.label_fraction, self.subset_file, self.bank = label_fraction, subset_file, bank
+        self.known_subset, self.known = None, None
+        self.label_subset = label_fraction is not None or subset_file is not None
+        if not self.label_subset:
+            return
+        if self.num_classes is None:
+            raise ConfigError(f"data.label_fraction / data.subset_file need labelled data, but {self.source.dataset!r} "
+                              f"at {self.source.root} has a single class folder; point --data.root at labelled data.")
+        splits = self.source.splits
+        # STL-10's train+unlabeled starts with its train images, in order: bank rows are pretraining rows.
+        if splits.bank is not splits.pretrain and self.source.dataset != "stl10":
+            raise ConfigError(f"data.label_fraction needs the labelled images among the pretraining images; "
+                              f"{self.source.dataset!r} pretrains on another split.")
+        self.known_subset = labelled_subset(splits.bank, label_fraction, subset_file, seed, self.class_names)
+        self.known = torch.zeros(len(splits.pretrain), dtype=torch.bool)  # type: ignore[arg-type]
+        self.known[torch.as_tensor(self.known_subset.indices, dtype=torch.long)] = True
+
+    def labelled_names(self) -> list[str] | None:
+        """Sources of the known-label images when a fraction or subset file selected them."""
+        if self.known_subset is None:
+            return None
+        return [source_of(self.known_subset, i) for i in range(len(self.known_subset))]
+
+    def protocol(self) -> str:
+        """The labels this run used, for the end-of-fit summary."""
+        if self.num_classes is None:
+            return "none (unlabelled data: no kNN bank)"
+        total = len(self.source.split("bank"))  # type: ignore[arg-type]
+        known = describe_subset(self.known_subset, self.label_fraction, self.subset_file, self.seed, total)
+        if self.known_subset is None:
+            return f"kNN bank: {known}"
+        where = "those images" if self.bank == "labelled" else f"all {total} images (data.bank: all)"
+        return f"known labels in pretraining: {known}; kNN bank: {where}"
+
+    def _train_labels(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(labels with -1 where unknown, the true labels or None when nothing is masked) of the pretraining rows."""
+        true = self.source.labels("pretrain")
+        if self.known is None:
+            return true, None
+        return torch.where(self.known, true, torch.full_like(true, -1)), true
+
+    def eval_dataset(self, split: Literal["bank", "val"]) -> Any:
+        if split == "bank" and self.known_subset is not None and self.bank == "labelled":
+            return self.eval_samples(self.known_subset)
+        return super().eval_dataset(split)
+
+    def eval_loader(self, split: Literal["bank", "val"], shard: bool = False) -> Any:
+        if split == "bank" and self.known_subset is not None and self.bank == "labelled" and self.in_memory:
+            rows = torch.as_tensor(self.known_subset.indices, dtype=torch.long)
+            pixels = self.source.pixels("bank", self.memory_device(), self.num_workers, self.skipped)
+            return EvalBatches(pixels[rows.to(pixels.device)], self.source.labels("bank")[rows], self.eval_batch_size)
+        return super().eval_loader(split, shard)
+
     def train_dataloader(self) -> Any:
         n = len(self.source.pretrain)  # type: ignore[arg-type]
         if n < self.batch_size:
@@ -89,7 +160,8 @@ class WCLDataModule(ImageData):
         sampler = self.new_sampler(n, self.seed)
         if self.in_memory and self.augment_on == "device":
             pixels = self.source.pixels("pretrain", self.memory_device(), self.num_workers, self.skipped)
-            return IndexBatches(pixels, self.source.labels("pretrain"), sampler, self.crops, self.seed)
+            labels, true = self._train_labels()
+            return IndexBatches(pixels, labels, sampler, self.crops, self.seed, true)
         base: Dataset = self.source.pretrain
         if self.in_memory:
             base = self.source.memory("pretrain", self.num_workers, self.skipped)
@@ -98,10 +170,10 @@ class WCLDataModule(ImageData):
         views = self.views.map(lambda a: decode if raw else cpu_view(a))
         crop_view = self.views.map(lambda a: decode if raw else cpu_view(a, self.crops.size, self.crops.scale))
         ds = TrainSamples(base, views, self.crops, crop_view, raw, self.seed, self.epoch,
-                          self.skipped)
+                          self.skipped, self.known)
         return ResumableLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                                num_workers=self.num_workers, pin_memory=self.pin_memory,
-                               persistent_workers=self.persistent_workers)
+                               persistent_workers=self.persistent_workers, collate_fn=collate_raw if raw else None)
 
     def val_dataloader(self) -> Any:
         return [] if self.source.splits.val is None else self.eval_loader("val")
@@ -142,9 +214,11 @@ class LabelledDataModule(ImageData):
         train_augment: ``crop_flip`` (random-resized-crop + horizontal flip, the paper's linear / fine-tune
             protocol) or ``none`` (the eval transform).
         label_fraction: keep this fraction of each class's training images (at least one per class), drawn
-            with ``seed``; None keeps all.
+            with ``seed``; None keeps all. The same images as :class:`WCLDataModule`'s known labels for the same
+            split and seed (:func:`~wcl.data.subsets.labelled_subset`).
         subset_file: alternatively, a text file naming the labelled training images, one per line (file name,
-            or path relative to the split folder), e.g. the standard ImageNet 1 % / 10 % lists.
+            or path relative to the split folder), e.g. the standard ImageNet 1 % / 10 % lists; it must name at
+            least one image of every class.
         seed: seed of the ``label_fraction`` draw, of the epoch order and of the crops.
     """
 
@@ -152,21 +226,16 @@ class LabelledDataModule(ImageData):
                  label_fraction: float | None = None, subset_file: str | None = None, seed: int = 0,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if label_fraction is not None and not 0.0 < label_fraction <= 1.0:
-            raise ConfigError(f"data.label_fraction={label_fraction} is outside (0, 1]; use e.g. 0.01 or 0.1.")
-        if label_fraction is not None and subset_file is not None:
-            raise ConfigError("set either data.label_fraction or data.subset_file, not both.")
+        check_label_choice(label_fraction, subset_file)
         if self.num_classes is None:
             raise ConfigError(f"{self.source.dataset!r} at {self.source.root} has fewer than two class folders, so "
                               "there are no labels to probe or fine-tune on; point --data.root at labelled data.")
         self.source.split("val")  # fails with a clear message when there is none
         train = self.source.split("bank")
-        if label_fraction is not None:
-            train = class_balanced_fraction(train, label_fraction, seed)
-        elif subset_file is not None:
-            train = named_subset(train, subset_file)
-        self._subset_used = label_fraction is not None or subset_file is not None
-        self.train_base, self.train_augment, self.seed = train, train_augment, seed
+        subset = labelled_subset(train, label_fraction, subset_file, seed, self.class_names)
+        self._subset_used = subset is not None
+        self._protocol = describe_subset(subset, label_fraction, subset_file, seed, len(train))  # type: ignore[arg-type]
+        self.train_base, self.train_augment, self.seed = subset if subset is not None else train, train_augment, seed
         self._cached: tuple[Dataset, Dataset] | None = None
 
     def labelled_names(self) -> list[str] | None:
@@ -174,6 +243,10 @@ class LabelledDataModule(ImageData):
         if not self._subset_used:
             return None
         return [source_of(self.train_base, i) for i in range(len(self.train_base))]  # type: ignore[arg-type]
+
+    def protocol(self) -> str:
+        """The labels this run trained on, for the end-of-fit summary."""
+        return f"trained on {self._protocol}"
 
     def cache_source(self, split: Literal["train", "val"]) -> Any:
         """Un-augmented, unsharded loader of a split, for feature caching."""

@@ -8,6 +8,7 @@ training step does no host work. Every iterable is resumable in the middle of an
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,10 +21,21 @@ from wcl.data.sampling import CROP_SOURCE, EpochSampler, sample_keys, uniforms
 from wcl.distributed import rank, world_size
 
 
+def ignore_sigint(worker_id: int) -> None:
+    """Data-loader workers ignore Ctrl-C (a terminal sends it to every process of the job): the main process stops
+    after its current step, which may still need a prefetched batch, and ends the workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader over an :class:`EpochSampler` whose position is saved in checkpoints."""
 
     sampler: EpochSampler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("num_workers", 0) > 0:
+            kwargs.setdefault("worker_init_fn", ignore_sigint)
+        super().__init__(*args, **kwargs)
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -38,13 +50,15 @@ class IndexBatches:
 
     ``sampler`` (an :class:`EpochSampler`, which Lightning's ``set_epoch`` reaches) gives the rank's order of the
     epoch; it is computed once per epoch on the host and copied to the device in one transfer. The crops' sources
-    are drawn from counter-based uniforms of (seed, epoch, index), like the views.
+    are drawn from counter-based uniforms of (seed, epoch, index), like the views. ``true_labels`` (given when
+    ``labels`` hides the unknown ones as -1) are served as ``"true_label"``, for diagnostics.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, sampler: EpochSampler, crops: CropSource | None,
-                 seed: int) -> None:
+                 seed: int, true_labels: Tensor | None = None) -> None:
         self.images, self.labels, self.sampler, self.crops, self.seed = images, labels.to(images.device), sampler, \
             crops, seed
+        self.true_labels = None if true_labels is None else true_labels.to(images.device)
         self.batch_size = sampler.batch_size
 
     def __len__(self) -> int:
@@ -57,6 +71,8 @@ class IndexBatches:
         for start in range(0, len(order) - b + 1, b):
             index = order[start:start + b]
             batch = {"raw": self.images[index], "index": index, "label": self.labels[index]}
+            if self.true_labels is not None:
+                batch["true_label"] = self.true_labels[index]
             if self.crops is not None and self.crops.num > 0:
                 u = uniforms(sample_keys(index, self.seed, epoch, CROP_SOURCE), self.crops.num)
                 source = self.crops.batch_sources(index, u)

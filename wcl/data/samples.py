@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import transforms as T
 
 from wcl.data.crops import CropSource
@@ -90,20 +90,34 @@ def _stack_or_explain(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tens
     return torch.stack([t for t, _ in items]), [y for _, y in items]
 
 
+def collate_raw(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` of undecoded training samples (``augment_on: device``), with one line naming
+    ``data.decode_size`` when their images differ in size (they are batched before they are cropped)."""
+    shapes = {tuple(it["raw"].shape) for it in items} | {tuple(it["crops_raw"].shape[1:]) for it in items
+                                                          if "crops_raw" in it and it["crops_raw"].shape[0] > 0}
+    if len(shapes) > 1:
+        sizes = sorted({s[1:] for s in shapes})[:2]
+        raise DataError(f"augment_on: device batches the decoded images before it augments them, so they need one "
+                        f"size, but a batch holds {len(shapes)} (e.g. {sizes}); set data.decode_size (e.g. 64) to "
+                        "resize them when decoding, or use augment_on: cpu.")
+    return default_collate(items)
+
+
 class TrainSamples(Dataset):
     """Training samples (see the module docstring), produced in data-loader workers.
 
     ``views(epoch)`` gives the view transform of an epoch (a torchvision pipeline, or :class:`RawImage` for the
     device path, whose views are made after the transfer), ``crop_view(epoch)`` the one of the low-resolution crops.
     Every random draw for sample i in epoch e is seeded by (seed, e, i), so the sample is the same whichever worker,
-    rank or resumed run produces it.
+    rank or resumed run produces it. With ``known`` (BoolTensor[N]) only those samples keep their ``"label"`` (-1
+    elsewhere) and ``"true_label"`` holds the dataset's label, for diagnostics.
     """
 
     def __init__(self, base: Dataset, views: Callable[[int], Callable], crops: CropSource | None,
                  crop_view: Callable[[int], Callable] | None, raw: bool, seed: int, epoch: SharedInt,
-                 skipped: SharedInt | None = None) -> None:
+                 skipped: SharedInt | None = None, known: torch.Tensor | None = None) -> None:
         self.base, self.views, self.crops, self.crop_view, self.raw = base, views, crops, crop_view, raw
-        self.seed, self.epoch, self.skipped = seed, epoch, skipped
+        self.seed, self.epoch, self.skipped, self.known = seed, epoch, skipped, known
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -118,6 +132,8 @@ class TrainSamples(Dataset):
         i, img, y = load_or_skip(self.base, i, self.skipped)
         view = self.views(epoch)
         sample: dict[str, Any] = {"index": i, "label": int(y)}
+        if self.known is not None:
+            sample["true_label"], sample["label"] = int(y), int(y) if bool(self.known[i]) else -1
         if self.raw:
             sample["raw"] = view(img)
         else:

@@ -1,4 +1,5 @@
-"""Subsets of a dataset: the first N per class, a class-balanced label fraction, the images named in a file."""
+"""Subsets of a dataset: the first N per class, a class-balanced label fraction, the images named in a file — and
+:func:`labelled_subset`, the one choice of labelled images that pretraining and every evaluation share."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from wcl.data.datasets import targets_of
-from wcl.errors import DataError
+from wcl.data.datasets import classes_of, targets_of
+from wcl.errors import ConfigError, DataError
 
 
 def first_per_class(ds: Dataset, per_class: int) -> Subset:
@@ -61,3 +62,41 @@ def named_subset(ds: Dataset, subset_file: str) -> Subset:
         raise DataError(f"{len(missing)} images named in {path} do not exist under {root} "
                         f"(first: {', '.join(missing[:3])}); check the file against data.root.")
     return Subset(ds, sorted({lookup[w] for w in wanted}))
+
+
+def check_label_choice(label_fraction: float | None, subset_file: str | None) -> None:
+    """One clear error for a fraction outside (0, 1] or for both choices at once."""
+    if label_fraction is not None and not 0.0 < label_fraction <= 1.0:
+        raise ConfigError(f"data.label_fraction={label_fraction} is outside (0, 1]; use e.g. 0.01 or 0.1.")
+    if label_fraction is not None and subset_file is not None:
+        raise ConfigError("set either data.label_fraction or data.subset_file, not both.")
+
+
+def labelled_subset(ds: Dataset, label_fraction: float | None, subset_file: str | None, seed: int = 0,
+                    class_names: list[str] | None = None) -> Subset | None:
+    """The labelled images of ``ds`` (the labelled training split) chosen by ``data.label_fraction`` (class-balanced,
+    seeded: the same images for the same split and seed, whichever data module asks) or ``data.subset_file``; None
+    when neither is set. Every class must keep at least one image (a fraction always does)."""
+    check_label_choice(label_fraction, subset_file)
+    if label_fraction is not None:
+        return class_balanced_fraction(ds, label_fraction, seed)
+    if subset_file is None:
+        return None
+    subset = named_subset(ds, subset_file)
+    present = set(targets_of(subset))
+    names = class_names if class_names is not None else classes_of(ds)
+    empty = [name for y, name in enumerate(names) if y not in present]
+    if empty:
+        raise DataError(f"data.subset_file {subset_file} names no image of {len(empty)} of the {len(names)} classes "
+                        f"(first: {', '.join(empty[:3])}); every class needs at least one labelled image.")
+    return subset
+
+
+def describe_subset(subset: Subset | None, label_fraction: float | None, subset_file: str | None, seed: int,
+                    total: int) -> str:
+    """One phrase naming the labelled images, e.g. ``10 % labels (500 of 5000 images, seed 0)``."""
+    if subset is None:
+        return f"all {total} labelled images"
+    if label_fraction is not None:
+        return f"{100 * label_fraction:g} % labels ({len(subset)} of {total} images, class-balanced, seed {seed})"
+    return f"the {len(subset)} images of {subset_file} (of {total})"

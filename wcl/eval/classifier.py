@@ -16,7 +16,18 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
+from wcl.models.layout import set_layout, to_layout
 from wcl.optim import global_batch_size, scaled_lr, warmup_cosine
+
+
+def check_ranges(lr: float, momentum: float, weight_decay: float) -> None:
+    """The optimiser arguments of the probe and fine-tune models (lr > 0, 0 <= momentum < 1, weight_decay >= 0)."""
+    if lr <= 0:
+        raise ConfigError(f"model.lr must be > 0, got {lr}")
+    if not 0 <= momentum < 1:
+        raise ConfigError(f"model.momentum must be >= 0 and < 1, got {momentum}")
+    if weight_decay < 0:
+        raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
 
 
 class _SupervisedEval(LightningModule):
@@ -28,14 +39,18 @@ class _SupervisedEval(LightningModule):
         if num_classes is None:
             raise ConfigError("model.num_classes is unset; use a data module that defines it (the CLI links it) "
                               "or set --model.num_classes.")
+        check_ranges(lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.backbone, self.arch = load_backbone(checkpoint, backbone)
         self.classifier = nn.Linear(self.backbone.out_dim, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
         self.best_top1 = 0.0
 
+    def setup(self, stage: str) -> None:
+        set_layout(self.backbone, self.device)
+
     def features(self, x: Tensor) -> Tensor:
-        return self.backbone(x.contiguous(memory_format=torch.channels_last))
+        return self.backbone(to_layout(self.backbone, x))
 
     def logits(self, batch: dict[str, Any]) -> Tensor:
         return self.classifier(self.features(batch["image"]))
@@ -109,7 +124,7 @@ class LinearProbe(_SupervisedEval):
 
     def train(self, mode: bool = True) -> LinearProbe:
         super().train(mode)
-        self.backbone.eval()  # frozen: BN statistics stay those of pretraining
+        self.backbone.eval()  # frozen: BN statistics stay those of pretraining, no dropout / drop-path (ViTs)
         return self
 
     def logits(self, batch: dict[str, Any]) -> Tensor:
@@ -145,6 +160,8 @@ class FineTune(_SupervisedEval):
     def __init__(self, checkpoint: str, num_classes: int | None = None, lr: float = 0.01,
                  classifier_lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
                  backbone: str | None = None) -> None:
+        if classifier_lr <= 0:
+            raise ConfigError(f"model.classifier_lr must be > 0, got {classifier_lr}")
         super().__init__(checkpoint, num_classes, lr, momentum, weight_decay, backbone)
         self.save_hyperparameters()
         self.hparams["arch"] = self.arch

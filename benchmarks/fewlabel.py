@@ -1,0 +1,171 @@
+"""CPU-proxy v1 few-label benchmark: SimCLR, WCL and WCL with the known labels in its graph, each evaluated with the
+same labelled subset (10 % and 1 % of the labels) by kNN, a linear probe and fine-tuning.
+
+    python benchmarks/fewlabel.py                                   # 30 epochs, seed 0, 10 % and 1 %, all methods
+    python benchmarks/fewlabel.py --seeds 1 --fractions 0.1         # a second seed where the first differs < 1 pt
+    python benchmarks/fewlabel.py --quick                           # smoke run (1 epoch on 64 images/class)
+    python benchmarks/fewlabel.py --report                          # the table of the finished runs only
+
+Protocol: configs/cpu_proxy (the first 1,000 images of each CIFAR-10 class, ResNet-18 width 16, batch 256, 30
+epochs; the full test split for evaluation). The labelled subset is ``data.label_fraction`` drawn with the run's
+seed from those 10,000 images — the same images in pretraining (``wcl_label_graph``: the other images have label
+-1 there, ``configs/fewlabel/label_graph.yaml``) and in every evaluation (checked against the pretraining run's
+``labelled_subset.txt``):
+
+* kNN top-1: ``wcl.KNNEval`` (k = 200, T = 0.1) with the labelled subset as the bank;
+* linear top-1: ``wcl.LinearProbe`` (cached features, 50 epochs) trained on the subset;
+* fine-tune top-1: ``wcl.FineTune`` (configs/fewlabel/finetune_cpu_proxy.yaml: SGD, backbone lr 0.01, classifier
+  lr 0.1, crop + flip, 30 epochs) on the subset.
+
+SimCLR and WCL pretrain without labels, so one pretraining per seed serves every fraction; WCL with the label
+graph pretrains once per fraction. Every finished piece leaves a file (``<out>/<run>/pretrain.json``,
+``<out>/results/<method>_f<fraction>_e<epochs>_s<seed>.json``) and is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality  # noqa: E402  (the CPU-proxy protocol's data arguments and pretraining subprocess)
+
+REPO = quality.REPO
+FINETUNE = REPO / "configs" / "fewlabel" / "finetune_cpu_proxy.yaml"
+METHODS = {  # method → (quality.py method, extra `python -m wcl fit` arguments, {fraction} filled in)
+    "simclr": ("simclr", []),
+    "wcl": ("wcl", []),
+    "wcl_label_graph": ("wcl", ["--config", "configs/fewlabel/label_graph.yaml",
+                                "--data.label_fraction", "{fraction}"]),
+}
+
+
+def pretrain(method: str, fraction: float, epochs: int, seed: int, args: argparse.Namespace) -> Path:
+    """The run's checkpoint, pretraining it first unless a finished one is there."""
+    base, extra = METHODS[method]
+    uses_labels = bool(extra)
+    name = f"{method}{f'_f{fraction:g}' if uses_labels else ''}_e{epochs}_s{seed}{'_quick' if args.quick else ''}"
+    run_dir = args.out / name
+    done = run_dir / "pretrain.json"
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if done.is_file() and ckpt.is_file():
+        return ckpt
+    if args.report:
+        raise FileNotFoundError(name)
+    extra = [a.format(fraction=fraction) for a in extra]  # quality.train passes --data.seed: the subset's seed
+    wall = quality.train(base, epochs, seed, run_dir, args.quick, args.threads, extra)
+    done.write_text(json.dumps({"method": method, "fraction": fraction if uses_labels else None, "epochs": epochs,
+                                "seed": seed, "train_wall_s": round(wall, 1), "extra": extra}, indent=1))
+    return ckpt
+
+
+def evaluate(ckpt: Path, fraction: float, seed: int, args: argparse.Namespace) -> dict[str, float]:
+    """kNN (labelled bank), linear probe and fine-tuning, all on the labelled subset of ``fraction``, ``seed``."""
+    from lightning.pytorch import Trainer, seed_everything
+
+    from wcl import FineTune, KNNEval, LabelledDataModule, LinearProbe, WCLDataModule
+    from wcl.data import Augmentations
+
+    data = quality.data_args(args.quick)
+    aug = Augmentations(**data.pop("augment"))
+    common = {k: data.get(k) for k in ("dataset", "root", "train_per_class", "val_per_class", "eval_batch_size",
+                                       "num_workers")}
+    labels = {"label_fraction": fraction, "seed": seed}
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "auto",
+             "devices": 1, "enable_checkpointing": False, "num_sanity_val_steps": 0}
+
+    knn_dm = WCLDataModule(**common, augment=aug, **labels)
+    subset_file = ckpt.parent / "labelled_subset.txt"
+    if subset_file.is_file() and subset_file.read_text().split() != knn_dm.labelled_names():
+        raise SystemExit(f"{subset_file} differs from the evaluation's labelled subset: the protocol is broken")
+    knn = Trainer(**quiet).validate(KNNEval(str(ckpt), num_classes=10, k=200, temperature=0.1), knn_dm,
+                                    verbose=False)
+    out = {"knn_top1": float(knn[0]["val/knn_top1"]), "labelled_images": len(knn_dm.labelled_names())}
+
+    seed_everything(seed, verbose=False)
+    probe_dm = LabelledDataModule(**common, batch_size=256, augment=aug, train_augment="none", **labels)
+    probe = LinearProbe(str(ckpt), num_classes=10, mode="cached", lr=0.1, momentum=0.9, weight_decay=0.0)
+    trainer = Trainer(**quiet, max_epochs=args.probe_epochs, check_val_every_n_epoch=args.probe_epochs)
+    trainer.fit(probe, probe_dm)
+    out["linear_top1"] = float(trainer.callback_metrics["val/top1"])
+
+    seed_everything(seed, verbose=False)
+    ft = yaml.safe_load(FINETUNE.read_text())
+    ft_dm = LabelledDataModule(**common, batch_size=ft["data"]["init_args"]["batch_size"], augment=aug,
+                               train_augment="crop_flip", **labels)
+    hp = {k: v for k, v in ft["model"]["init_args"].items() if k != "checkpoint"}
+    trainer = Trainer(**quiet, max_epochs=args.finetune_epochs, check_val_every_n_epoch=args.finetune_epochs)
+    trainer.fit(FineTune(str(ckpt), num_classes=10, **hp), ft_dm)
+    out["finetune_top1"] = float(trainer.callback_metrics["val/top1"])
+    return out
+
+
+def run_one(method: str, fraction: float, epochs: int, seed: int, args: argparse.Namespace) -> dict | None:
+    """One (method, fraction, seed) row: read its result file, or pretrain (if needed) and evaluate."""
+    results = args.out / "results"
+    name = f"{method}_f{fraction:g}_e{epochs}_s{seed}{'_quick' if args.quick else ''}"
+    result_file = results / f"{name}.json"
+    if result_file.is_file() and (args.report or not args.rerun):
+        return json.loads(result_file.read_text())
+    try:
+        ckpt = pretrain(method, fraction, epochs, seed, args)
+    except FileNotFoundError:
+        return None
+    if args.report:
+        return None
+    start = time.perf_counter()
+    scores = evaluate(ckpt, fraction, seed, args)
+    result = {"method": method, "fraction": fraction, "epochs": epochs, "seed": seed, **scores,
+              "eval_wall_s": round(time.perf_counter() - start, 1),
+              "pretrain": json.loads((ckpt.parents[1] / "pretrain.json").read_text())}
+    results.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def print_table(results: list[dict]) -> None:
+    print("| method | labels | seed | kNN top-1 % (labelled bank) | linear top-1 % | fine-tune top-1 % |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in sorted(results, key=lambda r: (-r["fraction"], r["seed"], list(METHODS).index(r["method"]))):
+        print(f"| {r['method']} | {100 * r['fraction']:g} % ({r['labelled_images']}) | {r['seed']} | "
+              f"{100 * r['knn_top1']:.1f} | {100 * r['linear_top1']:.1f} | {100 * r['finetune_top1']:.1f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.01])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--probe-epochs", type=int, default=50)
+    p.add_argument("--finetune-epochs", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2, help="torch threads of each training run and of evaluation")
+    p.add_argument("--out", type=Path, default=Path("runs/fewlabel"))
+    p.add_argument("--root", default=str(quality.CIFAR10), help="CIFAR-10 ImageFolder tree (train/, test/)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 64 images/class, 50 test/class")
+    p.add_argument("--rerun", action="store_true", help="ignore finished evaluations' result files")
+    p.add_argument("--report", action="store_true", help="print the finished runs only; train nothing")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = p.parse_args()
+    quality.ROOT = args.root
+    if not (Path(args.root) / "test").is_dir():
+        raise SystemExit(f"CIFAR-10 not found under {args.root} (ImageFolder train/ and test/).")
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.epochs, args.seeds, args.probe_epochs, args.finetune_epochs = 1, args.seeds[:1], 2, 1
+    runs = [run_one(m, f, args.epochs, s, args) for s in args.seeds for f in args.fractions for m in args.methods]
+    results = [r for r in runs if r is not None]
+    if args.json:
+        print(json.dumps({"protocol": "cpu-proxy-v1-fewlabel", "quick": args.quick, "runs": results}))
+    else:
+        print_table(results)
+
+
+if __name__ == "__main__":
+    main()

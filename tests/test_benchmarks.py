@@ -1,0 +1,19 @@
+"""The benchmark scripts run as documented (their --quick paths on data small enough to run out)."""
+
+import sys
+from pathlib import Path
+
+from wcl import WCLDataModule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import throughput  # noqa: E402
+
+
+def test_data_times_continue_past_the_end_of_a_small_epoch(monkeypatch):
+    """--quick's loaders hold a couple of batches; timing more steps than that starts the next epoch instead of
+    ending in StopIteration (the sampler's position stayed at the end of the first one)."""
+    dm = WCLDataModule(batch_size=10, num_workers=0, train_per_class=2)  # 20 images: 2 batches per epoch
+    monkeypatch.setattr(throughput, "build_wcl", lambda method, quick: (None, dm, []))
+    times = throughput.data_times("wcl", steps=5, quick=True)  # 7 batches drawn: 4 epochs
+    assert len(times) == 5 and all(t > 0 for t in times)
+    assert dm.epoch.get() == 3  # epochs 0-2 ran out; the 7th batch is the first of epoch 3
