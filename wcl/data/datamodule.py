@@ -51,7 +51,10 @@ class WCLDataModule(ImageData):
         small_crop_source: ``neighbors`` (WCL: cut from the sample's nearest neighbours of the previous epoch,
             found by the ``wcl.callbacks.KnnMultiCrop`` callback) or ``self`` (cut from the sample itself).
         first_epoch: crops before a neighbour table exists: ``self`` (from the sample itself) or ``none``.
-        label_fraction, subset_file: the known labels, as in :class:`LabelledDataModule` (drawn with ``seed``).
+        label_fraction: keep the labels of this fraction of each class's training images (the others count as
+            unknown), as in :class:`LabelledDataModule` (drawn with ``seed``).
+        subset_file: alternatively, a text file naming the images whose labels are known, as in
+            :class:`LabelledDataModule`.
         bank: the kNN bank (online and ``wcl.KNNEval``): ``labelled`` — the known labels only (every training
             image without a subset), so "kNN with 1 % labels" is ``label_fraction: 0.01``; ``all`` — every training
             image with its dataset label.
