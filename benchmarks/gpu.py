@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py [--out DIR] [--root CIFAR10_TREE] [--epochs 3] [--skip cpu_path ...]
     python benchmarks/gpu.py --quick            # a smoke run on any machine (tiny network, 2 epochs of 2,048 images)
-    python benchmarks/gpu.py --quality-epochs 200 --root data/cifar10 --skip augment ceiling device cpu_path
+    python benchmarks/gpu.py --quality-epochs 50 --root data/cifar10 --skip augment ceiling device simclr cpu_path
 
 Every figure is printed as one line ``wcl-bench {json}`` the moment it is measured and appended to
 ``DIR/gpu.jsonl`` (default ``runs/gpu_bench``), so a run cut short keeps what it measured. In this order:
@@ -18,7 +18,8 @@ Every figure is printed as one line ``wcl-bench {json}`` the moment it is measur
    on CUDA by default), WCL and SimCLR mode: seconds of every epoch after the first (which compiles), images/s and
    the ratio ceiling / epoch (1.0 = no time lost outside the step).
 5. ``cpu_path``: the same with ``augment_on: cpu`` (torchvision in ``--workers`` data-loader workers).
-6. ``quality`` (``--quality-epochs N``): the config for N epochs, online kNN top-1 after the last one.
+6. ``quality`` (``--quality-epochs N``): the config for N epochs in WCL and in SimCLR mode (the same code and seed;
+   ``--quality-modes`` picks), online kNN top-1 every ``--quality-knn-every`` epochs (default 10) and after the last.
 
 Without ``--root`` the 50,000 training images are the 5,000 bundled JPEGs linked ten times (the same decoding and
 compute per image as CIFAR-10); ``--root`` points at a real CIFAR-10 ImageFolder tree. Needs, beyond torch,
@@ -196,6 +197,10 @@ def fit(report: Report, name: str, args: list[str], timeout: float, ceiling: flo
                 if ceiling is not None:
                     row["ceiling_over_epoch"] = ceiling / e["seconds"]
                 report(**row, first_epoch=e["epoch"] == 0)
+            elif line.startswith("epoch ") and " done in " in line and "val/knn_top1 " in line:
+                knn = line.split("val/knn_top1 ")[1].split(",")[0]  # "(from epoch e)": not measured this epoch
+                if "(from epoch" not in knn:
+                    report(name=name, **meta, epoch=int(line.split()[1].split("/")[0]), knn_top1=float(knn.split()[0]))
             elif line.startswith("wcl: final val/knn_top1"):
                 report(name=name, **meta, knn_top1=float(line.split("=")[1]),
                        wall_seconds=time.perf_counter() - start)
@@ -217,7 +222,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="epochs per timed fit (the first compiles)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     p.add_argument("--skip", nargs="*", default=[], choices=["augment", "ceiling", "device", "simclr", "cpu_path"])
-    p.add_argument("--quality-epochs", type=int, default=0, help="also a run of N epochs with kNN at the end")
+    p.add_argument("--quality-epochs", type=int, default=0, help="also runs of N epochs with the online kNN")
+    p.add_argument("--quality-modes", nargs="*", default=["wcl", "simclr"], choices=["wcl", "simclr"])
+    p.add_argument("--quality-knn-every", type=int, default=10, help="online kNN every n epochs of a quality run")
     p.add_argument("--timeout", type=float, default=150, help="seconds per timed fit")
     p.add_argument("--quick", action="store_true", help="smoke run on any machine")
     args = p.parse_args()
@@ -262,11 +269,13 @@ def main() -> None:
         runs.append(("cpu_path", "wcl", ["--data.augment_on", "cpu", "--data.in_memory", "false"]))
     for name, mode, extra in runs:
         fit(report, name, [*timed_fit, *extra], args.timeout, ceilings.get((mode == "wcl", compiled)), mode=mode)
-    if args.quality_epochs:
-        n = str(args.quality_epochs)
-        fit(report, "quality", [*base, "--trainer.max_epochs", n, "--model.knn_every_n_epochs", n,
-                                "--model.warmup_epochs", "10"], 10**6, ceilings.get((True, compiled)), mode="wcl",
-            epochs=args.quality_epochs)
+    for mode in args.quality_modes if args.quality_epochs else []:
+        n, every = str(args.quality_epochs), str(min(args.quality_knn_every, args.quality_epochs))
+        overlay = ["--config", "configs/simclr.yaml"] if mode == "simclr" else []
+        fit(report, "quality", [*base, *overlay, "--trainer.max_epochs", n, "--model.knn_every_n_epochs", every,
+                                "--model.warmup_epochs", "10", "--trainer.default_root_dir",
+                                str(args.out / f"quality_{mode}")], 10**6, ceilings.get((mode == "wcl", compiled)),
+            mode=mode, epochs=args.quality_epochs)
     if tree is not None:
         import shutil
 

@@ -55,6 +55,7 @@ def test_fit_on_bundled_logs_metrics_and_writes_checkpoint(tmp_path, capsys):
     main(_tiny(tmp_path))
     out = capsys.readouterr().out
     assert "wcl: final val/knn_top1 = " in out
+    assert "(every view and crop counted, data loading included" in out
     ckpt = Path(out.split("wcl: checkpoint: ")[1].split()[0])
     assert ckpt.is_file() and ckpt.name == "last.ckpt" and ckpt.parent == tmp_path / "checkpoints"
     rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
@@ -118,3 +119,177 @@ def test_plain_progress_lines_when_output_is_not_a_terminal(tmp_path, capsys):
     main([*args[:i], *args[i + 2:], "--trainer.log_every_n_steps", "1"])
     out = capsys.readouterr().out
     assert "epoch 1/2 step 1/2: loss " in out and "epoch 2/2 done in " in out and "val/knn_top1" in out
+
+
+def _error_line(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    return next(line for line in capsys.readouterr().err.splitlines() if line.startswith("wcl: error:"))
+
+
+@pytest.mark.parametrize(("args", "pointer"), [
+    (["fit", "--config", "configs/quickstart.yaml", "--model.widht", "8"], "`python -m wcl fit --model.help wcl.WCL`"),
+    (["fit", "--config", "configs/quickstart.yaml", "--data.batch_size", "many"],
+     "`python -m wcl fit --data.help wcl.WCLDataModule`"),
+    (["fit", "--config", "configs/linear/quickstart.yaml", "--model.lrr", "3"],
+     "`python -m wcl fit --model.help wcl.LinearProbe`"),
+    (["fit", "--config", "configs/linear/quickstart.yaml", "--data.label_fractoin", "3"],
+     "`python -m wcl fit --data.help wcl.LabelledDataModule`"),
+    (["validate", "--config", "configs/knn/quickstart.yaml", "--model.kk", "3"],
+     "`python -m wcl validate --model.help wcl.KNNEval`"),
+    (["validate", "--config", "configs/knn/quickstart.yaml", "--trainer.devicez", "1"],
+     "`python -m wcl validate --help`"),
+], ids=["model", "data", "probe model", "probe data", "validate model", "validate trainer"])
+def test_errors_name_the_help_page_that_lists_the_key(args, pointer, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert pointer in _error_line(capsys, args)
+
+
+def test_help_names_the_pages_of_the_model_and_data_keys_and_offers_no_test(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--model.help wcl.WCL" in out or "--model.help CLASS" in out
+    for name in ("wcl.WCL", "wcl.WCLDataModule", "wcl.LinearProbe", "wcl.FineTune", "wcl.LabelledDataModule"):
+        assert name in out, name
+    assert "--print_config" in out and "class's own defaults" in out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "{fit,validate,predict}" in out and "test" not in out.split("{fit,validate,predict}")[1].split("\n")[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["test", "--config", "configs/quickstart.yaml"])
+    assert exc.value.code == 2
+
+
+def test_model_help_describes_each_key_with_its_own_text(capsys):
+    """One description per key: grouped ``a, b: …`` docstring lines would attach to ``a`` only."""
+    import docstring_parser
+
+    import wcl
+    from wcl.callbacks import KnnMultiCrop, OnlineKnn
+    from wcl.data.base import ImageData
+
+    for cls in (wcl.WCL, wcl.WCLDataModule, wcl.LabelledDataModule, ImageData, wcl.LinearProbe, wcl.FineTune,
+                wcl.KNNEval, OnlineKnn, KnnMultiCrop):
+        described = {p.arg_name for p in docstring_parser.parse(cls.__doc__).params}
+        keys = [k for k in cls.__init__.__code__.co_varnames[1:cls.__init__.__code__.co_argcount
+                                                           + cls.__init__.__code__.co_kwonlyargcount]]
+        assert not [k for k in keys if k not in described], cls.__name__
+        assert all("," not in name for name in described), cls.__name__
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "wcl.WCL"])
+    out = capsys.readouterr().out
+    weak = out.split("\n  --model.weak_temperature")[1].split("\n  --model.")[0]
+    assert "weak-label loss" in weak and "class defaults, a --config overrides them" in out
+
+
+@pytest.mark.parametrize(("configs", "extra", "folder"), [
+    (["quickstart.yaml"], [], "runs/quickstart"),
+    (["quickstart.yaml", "multicrop.yaml"], [], "runs/quickstart+multicrop"),
+    (["quickstart.yaml", "simclr.yaml"], [], "runs/quickstart+simclr"),
+    (["quickstart.yaml", "multicrop.yaml", "simclr.yaml"], [], "runs/quickstart+multicrop+simclr"),
+    (["quickstart.yaml", "multicrop.yaml"], ["--trainer.default_root_dir", "runs/mine"], "runs/mine"),
+], ids=["recipe", "multicrop", "simclr", "both", "explicit"])
+def test_each_overlay_combination_has_its_own_run_folder(configs, extra, folder, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = ["fit", *[a for c in configs for a in ("--config", f"configs/{c}")], *extra, "--print_config"]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert f"default_root_dir: {folder}\n" in capsys.readouterr().out
+
+
+def test_plain_lines_say_which_epoch_a_kept_knn_value_is_from(capsys):
+    from types import SimpleNamespace
+
+    import torch
+
+    from wcl.callbacks import OnlineKnn, PlainProgress
+
+    knn = OnlineKnn(k=5, every_n_epochs=3)
+    knn.last_epoch = 2
+    trainer = SimpleNamespace(current_epoch=4, max_epochs=6, is_global_zero=True, callbacks=[knn],
+                              callback_metrics={"val/knn_top1": torch.tensor(0.31), "val/online_linear_top1":
+                                                torch.tensor(0.29)})
+    PlainProgress().on_train_epoch_end(trainer, None)
+    line = capsys.readouterr().out
+    assert line.startswith("epoch 5/6 done in ") and "val/knn_top1 0.3100 (from epoch 3)" in line
+    assert "val/online_linear_top1 0.2900," not in line and "val/online_linear_top1 0.2900\n" in line
+    knn.last_epoch = 4
+    PlainProgress().on_train_epoch_end(trainer, None)
+    assert "from epoch" not in capsys.readouterr().out
+
+
+def test_rich_bar_counts_epochs_from_one_and_hides_v_num():
+    from types import SimpleNamespace
+
+    from wcl.callbacks import RichProgress
+
+    bar = RichProgress()
+    bar._trainer = SimpleNamespace(max_epochs=1)
+    assert bar._get_train_description(0).strip() == "Epoch 1/1"
+    bar._trainer = SimpleNamespace(max_epochs=6, loggers=[], progress_bar_metrics={"loss": 1.5})
+    assert bar.get_metrics(bar._trainer, None) == {"loss": 1.5}
+
+
+def test_model_table_has_no_flops_column_when_nothing_counted_them(caplog):
+    import logging
+
+    from wcl.callbacks import ModelTable
+
+    with caplog.at_level(logging.INFO):
+        ModelTable.summarize([("Name", ["backbone"]), ("Params", ["700 K"]), ("FLOPs", ["0"])], 965, 965, 3.8,
+                             {"train": 82, "eval": 0}, 0)
+    assert "backbone" in caplog.text and "FLOPs" not in caplog.text and "Flops" not in caplog.text
+    assert "\x1b[" not in caplog.text
+
+
+def test_evaluations_print_wcl_lines_and_no_noise(tmp_path, capsys, recwarn):
+    """Offline kNN: rounded ``wcl:`` lines instead of Lightning's unrounded table; a linear probe (frozen backbone,
+    in eval mode on purpose): no eval-mode warning, no advertisement, a throughput that says what it counts."""
+    import re
+
+    small = ["--data.train_per_class", "4", "--data.val_per_class", "2", "--data.num_workers", "0",
+             "--trainer.enable_progress_bar", "false"]
+    main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), *small, "--trainer.max_epochs", "1",
+          "--model.width", "4", "--data.batch_size", "20", "--model.knn_every_n_epochs", "0",
+          "--trainer.default_root_dir", str(tmp_path / "pre")])
+    ckpt = str(tmp_path / "pre" / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    main(["validate", "--config", str(ROOT / "configs" / "knn" / "quickstart.yaml"), "--model.checkpoint", ckpt,
+          *small, "--model.k", "5", "--trainer.default_root_dir", str(tmp_path / "knn")])
+    out = capsys.readouterr().out
+    assert re.search(r"^wcl: val/knn_top1 = \d\.\d{4}$", out, re.M), out
+    assert not re.search(r"\d\.\d{7,}", out) and "┃" not in out
+    main(["fit", "--config", str(ROOT / "configs" / "linear" / "quickstart.yaml"), "--model.checkpoint", ckpt,
+          *small, "--trainer.max_epochs", "1", "--model.mode", "augment", "--data.batch_size", "10",
+          "--trainer.default_root_dir", str(tmp_path / "probe")])
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "each labelled training image counted once" in text
+    assert "litmodels" not in text and "litlogger" not in text and "FLOPs" not in text
+    assert not [w for w in recwarn if "eval mode" in str(w.message)]
+
+
+def test_own_images_cpu_command_of_the_readme_runs(tmp_path, capsys):
+    """README "Your own images": the quickstart on an ImageFolder tree of mixed-size images, decoded to 32 px."""
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("cats", "dogs"):
+            (tmp_path / "mine" / split / c).mkdir(parents=True)
+            for i in range(6):
+                size = (40, 28) if i % 2 else (50, 64)
+                arr = np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(tmp_path / "mine" / split / c / f"{i}.jpg")
+    readme = (ROOT / "README.md").read_text()
+    assert "--config configs/quickstart.yaml --data.dataset imagefolder --data.root /data/mine" in readme
+    main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--data.dataset", "imagefolder",
+          "--data.root", str(tmp_path / "mine"), "--data.decode_size", "32",
+          "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_epochs", "1", "--model.width", "4",
+          "--data.batch_size", "6", "--data.num_workers", "0", "--model.knn_k", "3",
+          "--trainer.enable_progress_bar", "false"])
+    out = capsys.readouterr().out
+    assert "wcl: final val/knn_top1 = " in out and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()

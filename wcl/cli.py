@@ -1,4 +1,4 @@
-"""Command line: ``python -m wcl fit|validate|test|predict --config …`` (LightningCLI).
+"""Command line: ``python -m wcl fit|validate|predict --config …`` (LightningCLI).
 
 Models and data modules are named by ``class_path`` in YAML (``wcl.WCL``, ``wcl.WCLDataModule``), so every
 ``__init__`` argument is a config key, and a misspelt key fails before anything runs. Mistakes end in one line,
@@ -7,6 +7,7 @@ Models and data modules are named by ``class_path`` in YAML (``wcl.WCL``, ``wcl.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -24,7 +25,7 @@ import yaml
 from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -36,12 +37,42 @@ from wcl.tracking import SaveConfig
 PROG = "python -m wcl"
 
 
-def _parse_error(parser: LightningArgumentParser, message: str, ex: Exception | None = None) -> NoReturn:
+def _parse_error(parser: LightningArgumentParser, message: str, ex: Exception | None = None,
+                 subcommand: str = "fit") -> NoReturn:
     """A parse error as one line (what is wrong, and where the keys are listed) instead of the full usage."""
     if not parser.exit_on_error:  # jsonargparse tries alternatives (union types) by catching these
         LightningArgumentParser.error(parser, message, ex)
-    sys.stderr.write(f"wcl: error: {_one_line(str(message))} (`{PROG} fit --help` lists every key)\n")
+    sys.stderr.write(f"wcl: error: {_one_line(str(message))} ({_help_pointer(str(message), subcommand)})\n")
     sys.exit(2)
+
+
+def _help_pointer(message: str, subcommand: str) -> str:
+    """The help page that lists the keys of the part a jsonargparse message is about: ``--model.help CLASS`` for
+    a model key, ``--data.help CLASS`` for a data key (the class the config names), ``--help`` otherwise."""
+    match = re.search(r'Parser key "([^"]+)"', message)
+    group = match.group(1).split(".")[0] if match else ""
+    named = re.search(r"class_path '([\w.]+)'", message)
+    if group in ("model", "data"):
+        cls = named.group(1) if named else ("wcl.WCL" if group == "model" else "wcl.WCLDataModule")
+        return f"`{PROG} {subcommand} --{group}.help {cls}` lists its keys"
+    return f"`{PROG} {subcommand} --help` lists the trainer's keys and where the others are listed"
+
+
+def _subcommand_of(args: list[str]) -> str:
+    return next((a for a in args if a in WCLCLI.subcommands()), "fit")
+
+
+def help_text(subcommand: str) -> str:
+    """The top of ``python -m wcl SUBCOMMAND --help``: which page lists the model's and the data's keys."""
+    run = {"fit": "pretraining: wcl.WCL with wcl.WCLDataModule; linear probe: wcl.LinearProbe, fine-tuning: "
+                  "wcl.FineTune, both with wcl.LabelledDataModule",
+           "validate": "offline kNN: wcl.KNNEval with wcl.WCLDataModule; a probe's or fine-tune's validation: "
+                       "wcl.LinearProbe / wcl.FineTune with wcl.LabelledDataModule",
+           "predict": "the classes of the config's model and data"}[subcommand]
+    return (f"This page lists the trainer's keys. The model's and the data's keys are listed by `{PROG} {subcommand} "
+            f"--model.help CLASS` and `--data.help CLASS` ({run}; e.g. `--model.help wcl.WCL`). Those pages show "
+            f"each class's own defaults; a --config sets its own values, and `{PROG} {subcommand} --config FILE "
+            "--print_config` shows every value a run will use.")
 
 
 _BOILERPLATE = ("Does not validate", "Subtypes:", "Errors:", "- Expected a <class 'NoneType'>", "Given value",
@@ -64,10 +95,31 @@ class WCLCLI(LightningCLI):
     """LightningCLI with the data module's class count linked to the model, default callbacks (progress, throughput,
     pre-flight), CSV logs in ``default_root_dir``, checks of ``--ckpt_path``, and an end-of-fit summary."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        given = kwargs.get("args")  # a list as on the command line, or a dict / Namespace of a whole config
+        listed = given is None or isinstance(given, list | tuple)
+        self._args = [str(a) for a in (sys.argv[1:] if given is None else given)] if listed else []
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit``, ``validate`` and ``predict``: Lightning's ``test`` is not offered, as no wcl model has a test
+        step (``validate`` evaluates the held-out split: ``val/``, or ``test/`` where there is no ``val/``)."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name != "test"}
+
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         parser = super().init_parser(**{**kwargs, "prog": PROG})
-        parser.error = types.MethodType(_parse_error, parser)  # type: ignore[method-assign]
+        parser.error = types.MethodType(  # type: ignore[method-assign]
+            functools.partial(_parse_error, subcommand=_subcommand_of(self._args)), parser)
         return parser
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if not isinstance(args, (dict, Namespace)):
+            check_config_files(list(sys.argv[1:] if args is None else args))
+        if not isinstance(args, list | tuple | None) or with_run_folder(self._args) == self._args:
+            super().parse_arguments(parser, args)
+        else:  # an overlay run: its own folder (the line shows in --print_config and the saved config.yaml)
+            self.config = parser.parse_args(with_run_folder(self._args))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -77,11 +129,6 @@ class WCLCLI(LightningCLI):
                             help="fit without --ckpt_path into a folder that holds checkpoints: start over and "
                                  "overwrite them (without it, such a fit stops and says how to resume).")
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        if not isinstance(args, (dict, Namespace)):
-            check_config_files(list(sys.argv[1:] if args is None else args))
-        super().parse_arguments(parser, args)
-
     def _parse_ckpt_path(self) -> None:
         # Lightning's version replaces the config's model by the checkpoint's hyper-parameters, silently; wcl keeps
         # the config and compares the two in before_fit / before_validate.
@@ -89,14 +136,16 @@ class WCLCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Imported when a run starts, not for --help.
-        from wcl.callbacks import PlainProgress, Preflight, TrainingMonitor
+        from wcl.callbacks import ModelTable, PlainProgress, Preflight, RichProgress, TrainingMonitor
 
         cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         callbacks = list(cfg.get("callbacks") or [])
         if cfg.get("enable_checkpointing") is False:  # the flag wins over the configs' checkpoint callback
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(RichProgressBar() if sys.stdout.isatty() else PlainProgress())
+            callbacks.append(RichProgress() if sys.stdout.isatty() else PlainProgress())
+        if cfg.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
+            callbacks.append(ModelTable())
         for default in (Preflight, TrainingMonitor):  # in this order: the pre-flight reads are not training time
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())
@@ -128,6 +177,7 @@ class WCLCLI(LightningCLI):
                 "validate of a pretraining config (wcl.WCL) without --ckpt_path would evaluate a randomly "
                 "initialised network; pass --ckpt_path <run>/checkpoints/last.ckpt, or evaluate a pretrained "
                 "backbone with --config configs/knn/quickstart.yaml --model.checkpoint <run>/checkpoints/last.ckpt.")
+        self._summary_instead_of_table()
 
     def _check_schedule(self) -> None:
         """A run needs a length (the learning-rate schedule spans it); settings that quietly waste it get a line."""
@@ -166,9 +216,22 @@ class WCLCLI(LightningCLI):
         if cfg.get("return_predictions") is None:
             cfg["return_predictions"] = False
 
+
+    def _summary_instead_of_table(self) -> None:
+        """``after_validate`` prints the metrics as ``wcl:`` lines; Lightning's unrounded table only with
+        ``--verbose true``."""
+        if not any(a == "--verbose" or a.startswith("--verbose=") for a in self._args):
+            self.config_init[self.subcommand]["verbose"] = False
+
     def after_validate(self) -> None:
-        if self.trainer.is_global_zero and hasattr(self.trainer.datamodule, "protocol"):
+        """The validation's metrics as ``wcl:`` lines, rounded as the fit summary rounds them."""
+        if not self.trainer.is_global_zero:
+            return
+        if hasattr(self.trainer.datamodule, "protocol"):
             print(f"wcl: labels: {self.trainer.datamodule.protocol()}", flush=True)
+        metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        lines = [f"wcl: {key} = {float(value):.4f}" for key, value in sorted(metrics.items())]
+        print("\n".join(lines) or "wcl: the validation logged no metrics", flush=True)
 
     def _check_resume(self) -> None:
         """``--ckpt_path`` resumes this config: the checkpoint must be of the same model class with the same
@@ -247,7 +310,7 @@ class WCLCLI(LightningCLI):
         monitor = next((cb for cb in trainer.callbacks if isinstance(cb, TrainingMonitor)), None)
         if monitor is not None and monitor.seconds > 0:
             lines.append(f"wcl: training throughput {monitor.images_per_second:.0f} images/s "
-                         "(every view counted, data loading included, validation excluded)")
+                         f"({_counted(self.model)}, data loading included, validation excluded)")
         for key in ("val/knn_top1", "val/online_linear_top1", "val/top1", "val/top5", "val/best_top1"):
             if key in metrics:
                 lines.append(f"wcl: final {key} = {float(metrics[key]):.4f}")
@@ -265,6 +328,13 @@ class WCLCLI(LightningCLI):
         print("\n".join(lines), flush=True)
 
 
+def _counted(model: LightningModule) -> str:
+    """What the throughput counts: a pretraining's every view and crop; a probe's or fine-tune's labelled images."""
+    from wcl.module import WCL
+
+    return "every view and crop counted" if isinstance(model, WCL) else "each labelled training image counted once"
+
+
 def _resolve(class_path: str) -> type | None:
     module, _, name = class_path.rpartition(".")
     try:
@@ -277,6 +347,47 @@ def _differs(a: Any, b: Any) -> bool:
     """Config values compared as plain data (tuples and lists alike)."""
     norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
     return norm(a) != norm(b)
+
+
+def _config_files(args: list[str]) -> list[str]:
+    """The ``--config`` files of a command line, in order."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def _root_dir_of(path: str) -> str | None:
+    """``trainer.default_root_dir`` of a config file (set in itself or in a trainer file it names), if it sets one."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(Path(path).read_text()) or {}
+        trainer = cfg.get("trainer") if isinstance(cfg, dict) else None
+        if isinstance(trainer, str):
+            trainer = yaml.safe_load((Path(path).parent / trainer).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
+    return str(root) if root else None
+
+
+def with_run_folder(args: list[str]) -> list[str]:
+    """Overlays get their own run folder: ``--config configs/quickstart.yaml --config configs/multicrop.yaml``
+    writes to ``runs/quickstart+multicrop``, not over the quickstart's checkpoints. The folder is the one the last
+    config that sets ``trainer.default_root_dir`` names, plus ``+<name>`` for each config composed after it; a
+    ``--trainer.default_root_dir`` on the command line is used as given. Returns ``args`` with the folder added."""
+    if any(a.startswith(("--trainer.default_root_dir", "--trainer=")) or a == "--trainer" for a in args):
+        return args
+    files = _config_files(args)
+    setting = [(i, root) for i, f in enumerate(files) if (root := _root_dir_of(f))]
+    if not setting or setting[-1][0] == len(files) - 1:
+        return args
+    i, root = setting[-1]
+    return [*args, "--trainer.default_root_dir", root.rstrip("/") + "".join(f"+{Path(f).stem}" for f in files[i + 1:])]
 
 
 def _check_output_dir(root: str) -> None:
@@ -458,10 +569,13 @@ def _lost_rank(err: BaseException) -> str | None:
 
 
 def _quiet() -> None:
-    """Drop third-party noise from every run: an advertisement and a deprecation warning of Lightning internals."""
+    """Drop third-party noise from every run: two advertisements, a deprecation warning of Lightning internals, and
+    the eval-mode warning a linear probe's frozen backbone would raise."""
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    # A linear probe's frozen backbone is in eval mode on purpose (its BatchNorm statistics stay pretraining's).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "litlogger" not in record.getMessage())
+        lambda record: not any(ad in record.getMessage() for ad in ("litlogger", "litmodels")))
 
 
 def main(args: list[str] | None = None) -> None:
@@ -469,7 +583,8 @@ def main(args: list[str] | None = None) -> None:
     _quiet()
     try:
         WCLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
-               save_config_callback=SaveConfig, save_config_kwargs={"overwrite": True}, seed_everything_default=0)
+               save_config_callback=SaveConfig, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+               parser_kwargs={name: {"description": help_text(name)} for name in WCLCLI.subcommands()})
     except SIGTERMException as stop:  # SIGTERM or Ctrl-C: last.ckpt was saved; a non-zero exit stops `fit && probe`
         sys.exit(128 + int(getattr(stop, "signum", 15)))
     except Exception as err:

@@ -23,10 +23,14 @@ from wcl.optim import LRScaling, OptimizerName
 
 
 class WCL(LightningModule):
-    """Weakly Supervised Contrastive Learning (Zheng et al., ICCV 2021).
+    """Weakly Supervised Contrastive Learning (Zheng et al., ICCV 2021); class defaults, a --config overrides them.
 
     ``loss = NT-Xent(g(h1), g(h2)) + weak_weight · swapped weak-label loss(phi(h1), phi(h2))`` over the global
     batch, with ``h = backbone(x)``. ``weak_weight: 0`` is SimCLR from the same code (and builds no ``phi``).
+
+    ``python -m wcl fit --model.help wcl.WCL`` lists these keys with the class's defaults (ResNet-50, width 64);
+    a ``--config`` sets its own values (the quickstart: ResNet-18, width 16), and ``--print_config`` after the
+    config shows the values a run will use.
 
     Args:
         backbone: ``resnet18``, ``resnet34``, ``resnet50`` (wcl's ResNets), ``torchvision:<name>`` (a classification
@@ -36,11 +40,17 @@ class WCL(LightningModule):
         cifar_stem: 3×3 stride-1 first convolution and no max-pool, for 32-px images (wcl's ResNets only).
         backbone_args: keyword arguments of the torchvision / timm constructor, e.g. ``{img_size: 32, patch_size:
             4}`` for a ViT on 32-px images (timm ViTs get ``dynamic_img_size: true`` unless set, for multi-crop).
-        proj_hidden_dim, proj_out_dim, proj_layers: the NT-Xent head ``g``.
-        weak_hidden_dim, weak_out_dim, weak_layers: the weak-label head ``phi`` (official code: 3 layers).
-        temperature: τ of NT-Xent. weak_temperature: τ of the weak-label loss.
-        weak_weight: weight of the weak-label term. weak_warmup_epochs: ramp that weight linearly from 0 over
-            this many epochs (0 = full weight from the start).
+        proj_hidden_dim: hidden width of the NT-Xent head ``g``.
+        proj_out_dim: output width of ``g`` (the space NT-Xent compares in).
+        proj_layers: linear layers of ``g``.
+        weak_hidden_dim: hidden width of the weak-label head ``phi``.
+        weak_out_dim: output width of ``phi`` (the space the 1-NN graph and the weak-label loss use).
+        weak_layers: linear layers of ``phi`` (official code: 3).
+        temperature: τ of NT-Xent.
+        weak_temperature: τ of the weak-label loss.
+        weak_weight: weight of the weak-label term (0: SimCLR, and no ``phi`` is built).
+        weak_warmup_epochs: ramp ``weak_weight`` linearly from 0 over this many epochs (0 = full weight from the
+            start).
         graph_backend: where connected components are found: ``scipy``, ``torch`` or ``auto`` (torch on
             accelerators, scipy on CPU).
         label_graph: the known labels (``data.label_fraction`` / ``data.subset_file``, label -1 elsewhere) constrain
@@ -55,20 +65,30 @@ class WCL(LightningModule):
             Measured best: ``both`` for self crops, ``weak`` for neighbour crops (what configs/multicrop.yaml sets).
         crop_weighting: ``anchor`` (every anchor weighs the same) or ``term`` (high-resolution anchors and crop
             anchors are averaged separately, each mean half of the loss). Measured level with 2 crops per sample.
-        optimizer: ``lars``, ``sgd`` or ``adamw``. base_lr, lr_scaling: lr = base_lr·B/256 (``linear``),
-            base_lr·√B (``sqrt``) or base_lr (``none``), B = global batch. momentum, weight_decay: as usual.
-        lars_eta, lars_clip: LARS trust coefficient and clipping (:class:`wcl.optim.LARS`).
+        optimizer: ``lars``, ``sgd`` or ``adamw``.
+        base_lr: learning rate before ``lr_scaling``.
+        lr_scaling: lr = base_lr·B/256 (``linear``), base_lr·√B (``sqrt``) or base_lr (``none``), B = global
+            batch.
+        momentum: SGD / LARS momentum (AdamW ignores it).
+        weight_decay: weight decay (not of biases and normalisation parameters with ``exclude_bias_norm``).
+        lars_eta: LARS trust coefficient η (:class:`wcl.optim.LARS`).
+        lars_clip: LARC's clip mode: a layer's LARS factor is ``min(trust / lr, 1)`` (solo-learn's ``clip_lr``).
         exclude_bias_norm: biases, normalisation parameters and the tokens a backbone declares (a ViT's
             ``cls_token``, ``pos_embed``) get no weight decay and no LARS adaptation.
-        warmup_epochs: linear warm-up, then cosine decay (per step) to ``min_lr_factor``·lr.
+        warmup_epochs: linear warm-up of the lr over this many epochs, then cosine decay per step.
+        min_lr_factor: the cosine decays to this fraction of the lr.
         num_classes: classes of the online linear classifier (linked from the data module by the CLI; None
-            disables it). online_lr: its lr (it trains on detached features and never touches the backbone).
-        knn_k, knn_temperature, knn_every_n_epochs: the online weighted kNN (``wcl.callbacks.OnlineKnn``), every
-            n epochs and after the last one (0 turns it off).
+            disables it).
+        online_lr: lr of the online linear classifier (it trains on detached features and never touches the
+            backbone).
+        knn_k: neighbours of the online weighted kNN (``wcl.callbacks.OnlineKnn``).
+        knn_temperature: vote temperature of the online kNN.
+        knn_every_n_epochs: run the online kNN every n epochs and after the last one (0 turns it off).
         channels_last: run a convolutional backbone in channels-last memory format on CUDA devices (never one with
             attention; on CPU the backbone always runs contiguous: see ``wcl.models.layout``).
         compile_backbone: ``torch.compile`` the backbone in place (checkpoint keys do not change); ``auto``
-            compiles on CUDA devices only. compile_mode: its ``mode``.
+            compiles on CUDA devices only.
+        compile_mode: ``torch.compile``'s ``mode``.
         check_finite: stop with a clear error when a loss term is NaN/inf (``wcl.callbacks.FiniteLossGuard``).
     """
 

@@ -8,7 +8,8 @@ from wcl.callbacks.labelled import CachedFeatures, LabelledSubsetFile
 from wcl.callbacks.monitor import FiniteLossGuard, TrainingMonitor
 from wcl.callbacks.multicrop import FeatureBank, KnnMultiCrop
 from wcl.callbacks.predict import EmbeddingWriter
-from wcl.callbacks.progress import PlainProgress, Preflight
+from wcl.callbacks.progress import ModelTable, PlainProgress, Preflight, RichProgress
 
 __all__ = ["AtomicCheckpointIO", "CachedFeatures", "Checkpoint", "EmbeddingWriter", "FeatureBank", "FiniteLossGuard",
-           "KnnMultiCrop", "LabelledSubsetFile", "OnlineKnn", "PlainProgress", "Preflight", "TrainingMonitor"]
+           "KnnMultiCrop", "LabelledSubsetFile", "ModelTable", "OnlineKnn", "PlainProgress", "Preflight",
+           "RichProgress", "TrainingMonitor"]

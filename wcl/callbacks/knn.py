@@ -21,10 +21,13 @@ class OnlineKnn(Callback):
     The queries are the features ``validation_step`` returns (``{"features", "index", "label"}``); the bank pass
     over the training images (eval transform) runs only in those epochs, each rank over its own share, and the
     ranks' top-k lists are merged (:class:`~wcl.neighbors.ShardedKnn`). Logs ``val/knn_top1`` (and
-    ``val/knn_top5``); ``best_top1`` is the best value so far. Off for unlabelled data (one line says so).
+    ``val/knn_top5``); ``best_top1`` is the best value so far, ``last_epoch`` the (0-based) epoch of the last
+    value. Off for unlabelled data (one line says so).
 
     Args:
-        k: neighbours; temperature: vote temperature; every_n_epochs: 0 turns the callback off.
+        k: neighbours that vote.
+        temperature: vote temperature.
+        every_n_epochs: run every n epochs and after the last one (0 turns the callback off).
     """
 
     def __init__(self, k: int = 200, temperature: float = 0.1, every_n_epochs: int = 1) -> None:
@@ -35,6 +38,7 @@ class OnlineKnn(Callback):
         self.scorer = ShardedKnn(k, temperature)
         self.num_classes: int | None = None
         self.best_top1: float | None = None
+        self.last_epoch: int | None = None
         self._active = False
         self._bank_loader: Any = None
 
@@ -76,3 +80,4 @@ class OnlineKnn(Callback):
         for name, value in acc.items():  # the same value on every rank
             pl_module.log(f"val/knn_{name}", value, sync_dist=True)
         self.best_top1 = max(self.best_top1 or 0.0, float(acc["top1"]))
+        self.last_epoch = trainer.current_epoch

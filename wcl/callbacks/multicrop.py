@@ -66,8 +66,9 @@ class KnnMultiCrop(Callback):
 
     Args:
         k: neighbours per sample the crops are drawn from.
-        backend: ``faiss`` (exact inner product), ``faiss_ivf`` (approximate, for N beyond a few million;
-            ``nprobe`` lists searched) or ``torch`` (exact chunked matmul on the bank's device, e.g. the GPU).
+        backend: ``faiss`` (exact inner product), ``faiss_ivf`` (approximate, for N beyond a few million) or
+            ``torch`` (exact chunked matmul on the bank's device, e.g. the GPU).
+        nprobe: lists ``faiss_ivf`` searches.
         bank_device: ``auto`` keeps rank 0's bank (N×D float16: CIFAR-10 / ResNet-18 51 MB, ImageNet / ResNet-50
             5.2 GB) on the training device, so writing it never waits for the device; ``cpu`` in host memory.
         save_bank: put the bank in checkpoints (N×D float16), which makes a resume in the middle of an epoch exact;

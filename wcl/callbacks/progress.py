@@ -1,5 +1,7 @@
-"""``PlainProgress``: progress as plain lines, for output that is not a terminal (logs, CI, ``| tee``), and
-``Preflight``: every loader a run will use delivers one batch before the first training step."""
+"""Progress and start-up output: ``PlainProgress`` (plain lines, for output that is not a terminal: logs, CI,
+``| tee``); ``RichProgress`` (Lightning's Rich bar for a terminal, numbered the same way, without a host sync per
+step); ``ModelTable`` (the model summary as plain text, without FLOPs nobody measured); ``Preflight`` (every loader
+a run will use delivers one batch before the first training step)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,18 @@ import time
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks.model_summary import log as summary_log
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 from wcl.callbacks.knn import OnlineKnn
+from wcl.callbacks.monitor import is_logging_step
+
+
+def _epoch(trainer: Trainer) -> str:
+    """``1/E``: the epoch counted from 1, as the summary and the checkpoints' epoch count it."""
+    total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+    return f"{trainer.current_epoch + 1}{total}"
 
 
 class PlainProgress(ProgressBar):
@@ -33,10 +44,6 @@ class PlainProgress(ProgressBar):
         if self._enabled and trainer.is_global_zero:
             print(text, file=sys.stdout, flush=True)
 
-    def _epoch(self, trainer: Trainer) -> str:
-        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-        return f"epoch {trainer.current_epoch + 1}{total}"
-
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A run resumed in the middle of an epoch gets no on_train_epoch_start for that epoch.
         self._start = time.perf_counter()
@@ -50,12 +57,16 @@ class PlainProgress(ProgressBar):
         if n > 0 and (batch_idx + 1) % n == 0:
             metrics = self.get_metrics(trainer, pl_module)
             loss = f": loss {float(metrics['loss']):.4f}" if "loss" in metrics else ""
-            self._print(trainer, f"{self._epoch(trainer)} step {batch_idx + 1}/{self.total_train_batches}{loss}")
+            self._print(trainer, f"epoch {_epoch(trainer)} step {batch_idx + 1}/{self.total_train_batches}{loss}")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         shown = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/loss"))}
-        values = ", ".join(f"{k} {float(v):.4f}" for k, v in sorted(shown.items()))
-        self._print(trainer, f"{self._epoch(trainer)} done in {time.perf_counter() - self._start:.1f} s"
+        knn = next((cb for cb in trainer.callbacks if isinstance(cb, OnlineKnn)), None)
+        stale = knn is not None and knn.last_epoch is not None and knn.last_epoch != trainer.current_epoch
+        values = ", ".join(f"{k} {float(v):.4f}" + (f" (from epoch {knn.last_epoch + 1})"
+                                                    if stale and k.startswith("val/knn_") else "")
+                           for k, v in sorted(shown.items()))
+        self._print(trainer, f"epoch {_epoch(trainer)} done in {time.perf_counter() - self._start:.1f} s"
                              + (f": {values}" if values else ""))
 
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
@@ -64,6 +75,59 @@ class PlainProgress(ProgressBar):
         if n > 0 and ((batch_idx + 1) % n == 0 or batch_idx + 1 == total):
             loaders = len(trainer.num_predict_batches)
             self._print(trainer, f"predict loader {dataloader_idx + 1}/{loaders} batch {batch_idx + 1}/{total}")
+
+
+class RichProgress(RichProgressBar):
+    """Lightning's ``RichProgressBar`` (all of its arguments work as usual) with three changes: the epoch is counted
+    like ``PlainProgress`` and the summary count it (``Epoch 1/6``, not ``Epoch 0/5``); no ``v_num``; and the
+    metrics beside the bar (``loss``) are read back only at logging steps (every ``log_every_n_steps``) and at an
+    epoch's last batch. Lightning's bar reads them every step, and each read of a device value is a host sync that
+    stalls a GPU's launch queue."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._read_metrics = True
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._read_metrics = (is_logging_step(trainer, trainer.global_step - 1)
+                              or batch_idx + 1 == trainer.num_training_batches)
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._read_metrics = True
+
+    def _update_metrics(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._read_metrics:
+            super()._update_metrics(trainer, pl_module)
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        total = f"/{self.trainer.max_epochs}" if self.trainer.max_epochs and self.trainer.max_epochs > 0 else ""
+        description = f"Epoch {current_epoch + 1}{total}"
+        return f"{description:{len(self.validation_description)}}"  # as Lightning pads it: no flicker
+
+
+class ModelTable(ModelSummary):
+    """Lightning's model summary (``max_depth`` as usual) as a plain-text table, in a terminal and in a pipe alike
+    (no escape codes in logs and notebooks), without the FLOPs column and total when they are 0: Lightning counts
+    FLOPs only for a model with an ``example_input_array``, which no wcl model has."""
+
+    @staticmethod
+    def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
+                  model_size: float, total_training_modes: dict[str, int], total_flops: int,
+                  **summarize_kwargs: Any) -> None:
+        if not total_flops:
+            summary_data = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
+                                      total_flops, *summary_data)
+        if not total_flops:
+            table = "\n".join(line for line in table.splitlines() if not line.endswith("Total Flops"))
+        summary_log.info("\n" + table)
 
 
 class Preflight(Callback):

@@ -33,10 +33,13 @@ class ImageData(LightningDataModule):
         download: let torchvision download cifar10/cifar100/stl10 into ``root``.
         batch_size: per-device batch of the training loader (the global batch is this × devices × nodes).
         eval_batch_size: per-device batch of the evaluation loaders.
-        num_workers, pin_memory, persistent_workers: DataLoader settings (pinning only with CUDA).
+        num_workers: DataLoader worker processes (0: load in the training process).
+        pin_memory: pin host batches for faster copies (only with CUDA).
+        persistent_workers: keep the workers alive between epochs.
         augment: the augmentation (crop size and normalisation also define the evaluation view).
         eval_resize: short side before the centre crop in evaluation (default: the crop size).
-        train_per_class, val_per_class: keep only the first N images of each class (train: also the kNN bank).
+        train_per_class: keep only the first N training images of each class (also the kNN bank).
+        val_per_class: keep only the first N val images of each class.
         in_memory: ``true`` — decode the pretraining images once into one uint8 tensor in host memory;
             ``device`` — the same tensor on the training device (with ``augment_on: device``; evaluation images
             too), so no image crosses the host–device link during training. For datasets that fit (CIFAR: 150 MB).

@@ -20,7 +20,7 @@ from wcl.errors import ConfigError
 
 
 class WCLDataModule(ImageData):
-    """Pretraining data: batches of two augmented views (and optional low-resolution crops) of each image.
+    """Pretraining data: two augmented views (+ small crops) of each image; class defaults, a --config overrides them.
 
     Training batches reach ``training_step`` as ``{"views": [x1, x2] (B×3×S×S each), "index": LongTensor[B],
     "label": LongTensor[B]}`` (label -1 where unknown), plus ``"small": [c1, …, cm]`` (B×3×s×s) with crops.
@@ -33,24 +33,31 @@ class WCLDataModule(ImageData):
     (weak-label purity) only. ``model.label_graph`` puts the known labels into the weak-label graph; the online
     linear classifier trains on them alone.
 
+    The arguments below, and those of :class:`~wcl.data.base.ImageData` (dataset, root, batch_size, …): ``python -m
+    wcl fit --data.help wcl.WCLDataModule`` lists them all with the class's defaults; a ``--config`` sets its own.
+
     Args:
         seed: seeds the epoch order and every sample's augmentation as a function of (seed, epoch, index), so a
             resumed run reproduces an uninterrupted one exactly, on either augmentation path.
         augment_on: ``cpu`` — data-loader workers build the views with torchvision; ``device`` — workers (or, with
             ``in_memory``, no workers at all) deliver uint8 images and the views are made batched on the batch's
             device (:class:`~wcl.data.batched.BatchedViews`: the same augmentation, one call for all views).
-        augment_warmup_epochs: use ``warmup_augment`` (default: MoCo v2's weaker augmentation of the same size,
-            as in the official WCL code) for this many first epochs.
+        augment_warmup_epochs: use ``warmup_augment`` for this many first epochs.
+        warmup_augment: the augmentation of the warm-up epochs (default: MoCo v2's weaker augmentation of the
+            same size, as in the official WCL code).
         num_small_crops: low-resolution crops per sample (0 = two views only).
-        small_crop_size, small_crop_scale: their size in pixels and random-resized-crop scale range.
+        small_crop_size: size of the low-resolution crops in pixels.
+        small_crop_scale: random-resized-crop scale range of the low-resolution crops.
         small_crop_source: ``neighbors`` (WCL: cut from the sample's nearest neighbours of the previous epoch,
             found by the ``wcl.callbacks.KnnMultiCrop`` callback) or ``self`` (cut from the sample itself).
         first_epoch: crops before a neighbour table exists: ``self`` (from the sample itself) or ``none``.
-        label_fraction, subset_file: the known labels, as in :class:`LabelledDataModule` (drawn with ``seed``).
+        label_fraction: keep the labels of this fraction of each class's training images (the others count as
+            unknown), as in :class:`LabelledDataModule` (drawn with ``seed``).
+        subset_file: alternatively, a text file naming the images whose labels are known, as in
+            :class:`LabelledDataModule`.
         bank: the kNN bank (online and ``wcl.KNNEval``): ``labelled`` — the known labels only (every training
             image without a subset), so "kNN with 1 % labels" is ``label_fraction: 0.01``; ``all`` — every training
             image with its dataset label.
-        (the other arguments: see :class:`~wcl.data.base.ImageData`)
     """
 
     def __init__(
@@ -202,6 +209,10 @@ class LabelledDataModule(ImageData):
     """Labelled data for the linear probe and fine-tuning: ``{"image", "index", "label"}`` batches of the labelled
     training images (STL-10: train, not unlabeled) and the val split.
 
+    The arguments below, and those of :class:`~wcl.data.base.ImageData` (dataset, root, batch_size, …): ``python -m
+    wcl fit --data.help wcl.LabelledDataModule`` lists them all with the class's defaults; a ``--config`` sets its
+    own.
+
     Args:
         train_augment: ``crop_flip`` (random-resized-crop + horizontal flip, the paper's linear / fine-tune
             protocol) or ``none`` (the eval transform).
@@ -212,7 +223,6 @@ class LabelledDataModule(ImageData):
             or path relative to the split folder), e.g. the standard ImageNet 1 % / 10 % lists; it must name at
             least one image of every class.
         seed: seed of the ``label_fraction`` draw, of the epoch order and of the crops.
-        (the other arguments: see :class:`~wcl.data.base.ImageData`)
     """
 
     def __init__(self, *, train_augment: Literal["crop_flip", "none"] = "crop_flip",

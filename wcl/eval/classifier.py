@@ -105,7 +105,9 @@ class LinearProbe(_SupervisedEval):
         mode: ``cached`` — features of the train and val images (eval transform) are extracted once and the
             classifier trains on them (fast; the default for small data); ``augment`` — the paper protocol:
             every step sees a random-resized-crop + flip of each image (set ``data.train_augment: crop_flip``).
-        lr, momentum, weight_decay: SGD with Nesterov momentum, cosine schedule per step.
+        lr: learning rate of the classifier (SGD with Nesterov momentum, cosine schedule per step).
+        momentum: SGD momentum (Nesterov when > 0).
+        weight_decay: weight decay of the classifier.
         lr_scaling: ``linear`` makes ``lr`` the rate per 256 images of the global batch (the official WCL protocol:
             0.2 per 256, i.e. 3.2 at 4096); ``none`` uses it as given.
         backbone: if set, the checkpoint must hold this backbone (a guard against wrong paths).
@@ -146,9 +148,12 @@ class FineTune(_SupervisedEval):
     (``data.label_fraction`` or ``data.subset_file``).
 
     Args:
-        checkpoint: ``.ckpt`` of a ``wcl.WCL`` run. num_classes: linked from the data module.
-        lr: learning rate of the backbone; classifier_lr: of the new linear layer.
-        momentum, weight_decay: SGD with Nesterov momentum, cosine schedule per step.
+        checkpoint: ``.ckpt`` of a ``wcl.WCL`` run.
+        num_classes: linked from the data module by the CLI.
+        lr: learning rate of the backbone (SGD with Nesterov momentum, cosine schedule per step).
+        classifier_lr: learning rate of the new linear layer.
+        momentum: SGD momentum (Nesterov when > 0).
+        weight_decay: weight decay of backbone and classifier.
         backbone: if set, the checkpoint must hold this backbone.
     """
 

@@ -22,8 +22,10 @@ class KNNEval(LightningModule):
     train split (eval transform); logs ``val/knn_top1`` and ``val/knn_top5``.
 
     Args:
-        checkpoint: ``.ckpt`` of a wcl run. num_classes: linked from the data module.
-        k, temperature: neighbours and vote temperature.
+        checkpoint: ``.ckpt`` of a wcl run.
+        num_classes: linked from the data module by the CLI.
+        k: neighbours that vote.
+        temperature: vote temperature (each neighbour votes with ``exp(cos / temperature)``).
     """
 
     def __init__(self, checkpoint: str, num_classes: int | None = None, k: int = 200,
