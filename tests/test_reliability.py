@@ -255,7 +255,8 @@ def test_resume_past_max_steps_and_with_accepted_changes(tmp_path, capsys):
 def test_second_ctrl_c_stops_at_once_and_keeps_the_last_whole_checkpoint(tmp_path):
     """Ctrl-C twice in step 6 (epoch 2 of 4-step epochs): no checkpoint of a half-done step is written; last.ckpt
     stays the one of the end of epoch 1, from which --ckpt_path last resumes exactly."""
-    cmd = [sys.executable, "-m", "wcl", *_tiny_fit(tmp_path, "--trainer.max_epochs", "2"),
+    run = _tiny_fit(tmp_path, "--trainer.max_epochs", "2", "--model.channels_last", "false")
+    cmd = [sys.executable, "-m", "wcl", *run,
            "--trainer.callbacks+=tests.helpers.SignalAtStep", "--trainer.callbacks.step=6",
            "--trainer.callbacks.signal=SIGINT", "--trainer.callbacks.repeat=2"]
     stopped = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
