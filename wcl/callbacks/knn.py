@@ -21,7 +21,9 @@ class OnlineKnn(Callback):
     The queries are the features ``validation_step`` returns (``{"features", "index", "label"}``); the bank pass
     over the training images (eval transform) runs only in those epochs, each rank over its own share, and the
     ranks' top-k lists are merged (:class:`~wcl.eval.knn.ShardedKnn`). Logs ``val/knn_top1`` (and
-    ``val/knn_top5``); ``best_top1`` is the best value so far. Off for unlabelled data (one line says so).
+    ``val/knn_top5``); ``best_top1`` is the best value so far and ``history`` the (epoch, top-1) pairs of this
+    process's kNN epochs, 1-based (the learning curve the end-of-fit summary prints). Off for unlabelled data (one
+    line says so).
 
     Args:
         k: neighbours; temperature: vote temperature; every_n_epochs: 0 turns the callback off.
@@ -35,6 +37,7 @@ class OnlineKnn(Callback):
         self.scorer = ShardedKnn(k, temperature)
         self.num_classes: int | None = None
         self.best_top1: float | None = None
+        self.history: list[tuple[int, float]] = []
         self._active = False
         self._bank_loader: Any = None
 
@@ -76,3 +79,4 @@ class OnlineKnn(Callback):
         for name, value in acc.items():  # the same value on every rank
             pl_module.log(f"val/knn_{name}", value, sync_dist=True)
         self.best_top1 = max(self.best_top1 or 0.0, float(acc["top1"]))
+        self.history.append((trainer.current_epoch + 1, float(acc["top1"])))
