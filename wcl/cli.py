@@ -315,6 +315,8 @@ class WCLCLI(LightningCLI):
             if key in metrics:
                 lines.append(f"wcl: final {key} = {float(metrics[key]):.4f}")
         knn = next((cb for cb in trainer.callbacks if isinstance(cb, OnlineKnn)), None)
+        if knn is not None and len(knn.history) > 1:  # the curve: did it learn?
+            lines.append("wcl: val/knn_top1 by epoch: " + ", ".join(f"{e}: {v:.4f}" for e, v in knn.history))
         if knn is not None and knn.best_top1 is not None:
             lines.append(f"wcl: best val/knn_top1 = {knn.best_top1:.4f}")
         if hasattr(trainer.datamodule, "protocol"):  # which labels the numbers above used

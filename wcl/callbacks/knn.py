@@ -22,7 +22,8 @@ class OnlineKnn(Callback):
     over the training images (eval transform) runs only in those epochs, each rank over its own share, and the
     ranks' top-k lists are merged (:class:`~wcl.neighbors.ShardedKnn`). Logs ``val/knn_top1`` (and
     ``val/knn_top5``); ``best_top1`` is the best value so far, ``last_epoch`` the (0-based) epoch of the last
-    value. Off for unlabelled data (one line says so).
+    value and ``history`` the (epoch, top-1) pairs of this process's kNN epochs, 1-based (the learning curve the
+    end-of-fit summary prints). Off for unlabelled data (one line says so).
 
     Args:
         k: neighbours that vote.
@@ -39,6 +40,7 @@ class OnlineKnn(Callback):
         self.num_classes: int | None = None
         self.best_top1: float | None = None
         self.last_epoch: int | None = None
+        self.history: list[tuple[int, float]] = []
         self._active = False
         self._bank_loader: Any = None
 
@@ -81,3 +83,4 @@ class OnlineKnn(Callback):
             pl_module.log(f"val/knn_{name}", value, sync_dist=True)
         self.best_top1 = max(self.best_top1 or 0.0, float(acc["top1"]))
         self.last_epoch = trainer.current_epoch
+        self.history.append((trainer.current_epoch + 1, float(acc["top1"])))
