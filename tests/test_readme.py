@@ -32,7 +32,8 @@ QUICKSTART = ["fit", "--config", str(ROOT / "configs/quickstart.yaml")]
 CKPT = "runs/quickstart/checkpoints/last.ckpt"
 PROBE = ["fit", "--config", str(ROOT / "configs/linear/quickstart.yaml"), "--model.checkpoint", CKPT]
 KNN = ["validate", "--config", str(ROOT / "configs/knn/quickstart.yaml"), "--model.checkpoint", CKPT]
-RANDOM_INIT = ["validate", "--config", str(ROOT / "configs/quickstart.yaml")]  # the online kNN of the untrained model
+# the online kNN of the untrained model (validate refuses a pretraining config without weights unless asked)
+RANDOM_INIT = ["validate", "--config", str(ROOT / "configs/quickstart.yaml"), "--untrained", "true"]
 
 BLOCK = re.compile(r"(At the end it prints\n\n```\n)(.*?)(\n```)", re.S)
 # "about" lines: the number in group 2 depends on the machine; the words around it must match.

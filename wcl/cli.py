@@ -128,6 +128,9 @@ class WCLCLI(LightningCLI):
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit without --ckpt_path into a folder that holds checkpoints: start over and "
                                  "overwrite them (without it, such a fit stops and says how to resume).")
+        parser.add_argument("--untrained", type=bool, default=False,
+                            help="validate of a pretraining config without --ckpt_path: evaluate the randomly "
+                                 "initialised network on purpose (the baseline a trained run is compared with).")
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's version replaces the config's model by the checkpoint's hyper-parameters, silently; wcl keeps
@@ -172,11 +175,13 @@ class WCLCLI(LightningCLI):
         from wcl.module import WCL
 
         self._check_resume()
-        if isinstance(self.model, WCL) and self.config_init[self.subcommand].get("ckpt_path") is None:
+        cfg = self.config_init[self.subcommand]
+        if isinstance(self.model, WCL) and cfg.get("ckpt_path") is None and not cfg.get("untrained"):
             raise ConfigError(
                 "validate of a pretraining config (wcl.WCL) without --ckpt_path would evaluate a randomly "
                 "initialised network; pass --ckpt_path <run>/checkpoints/last.ckpt, or evaluate a pretrained "
-                "backbone with --config configs/knn/quickstart.yaml --model.checkpoint <run>/checkpoints/last.ckpt.")
+                "backbone with --config configs/knn/quickstart.yaml --model.checkpoint <run>/checkpoints/last.ckpt "
+                "(--untrained true evaluates the random network on purpose, as a baseline).")
         self._summary_instead_of_table()
 
     def _check_schedule(self) -> None:
