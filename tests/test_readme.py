@@ -60,7 +60,8 @@ def summary(out: str) -> list[str]:
     """The end-of-fit summary: the ``wcl:`` lines from the last "fit finished" on."""
     lines = out.splitlines()
     start = max(i for i, line in enumerate(lines) if line.startswith("wcl: fit finished in"))
-    return [line.rstrip() for line in lines[start:] if line.startswith("wcl:")]
+    # stderr follows stdout in ``out``: its progress lines ("wcl: decoding …") are not part of the summary
+    return [line.rstrip() for line in lines[start:] if line.startswith("wcl:") and not line.startswith("wcl: decoding")]
 
 
 def summary_value(out: str, key: str) -> float:
