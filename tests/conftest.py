@@ -24,3 +24,18 @@ def cifar10_root() -> Path:
     if not (CIFAR10 / "train").is_dir():
         pytest.skip(f"CIFAR-10 ImageFolder copy not found at {CIFAR10} (only present on the project's machines)")
     return CIFAR10
+
+
+@pytest.fixture
+def eager_compile(monkeypatch) -> list[dict]:
+    """``torch.compile`` with dynamo tracing for real but the eager backend (no C++ code generation); the list
+    records the keyword arguments of every call."""
+    calls: list[dict] = []
+    real_compile = torch.compile
+
+    def compile_eagerly(fn, **kwargs):  # noqa: ANN001
+        calls.append(kwargs)
+        return real_compile(fn, **{**kwargs, "backend": "eager", "mode": None})
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    return calls

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from lightning.pytorch import Callback
 
 from wcl.callbacks import KnnMultiCrop
+from wcl.distributed import destroy_process_group
 
 
 def free_port() -> int:
@@ -17,6 +23,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _gloo_rank(rank: int, fn: Callable, port: int, world: int, args: tuple, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        out[rank] = fn(rank, *args)
+    finally:
+        destroy_process_group()
+
+
+def run_gloo(fn: Callable[..., Any], *args: Any, world: int = 2) -> dict[int, Any]:
+    """``fn(rank, *args)`` in ``world`` spawned processes joined in one gloo process group; ``{rank: result}``.
+    ``fn`` must be a module-level function (it is pickled into the processes)."""
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_gloo_rank, args=(fn, free_port(), world, args, out), nprocs=world, join=True)
+        return dict(out)
 
 
 def _multicrop(trainer) -> KnnMultiCrop:

@@ -158,15 +158,8 @@ def test_vit_recipe_builds_and_takes_its_multicrop_crops(recipe, crop):
         assert model(torch.randn(1, 3, size, size)).shape == model(torch.randn(1, 3, crop, crop)).shape == (1, 384)
 
 
-def test_compiled_vit_keeps_checkpoint_keys_and_outputs(monkeypatch):
-    calls = []
-    real_compile = torch.compile
-
-    def eager_compile(fn, **kwargs):  # dynamo traces for real; the eager backend skips the C++ code generation
-        calls.append(kwargs)
-        return real_compile(fn, **{**kwargs, "backend": "eager", "mode": None})
-
-    monkeypatch.setattr(torch, "compile", eager_compile)
+def test_compiled_vit_keeps_checkpoint_keys_and_outputs(eager_compile):
+    calls = eager_compile
     kw = dict(backbone="timm:vit_tiny_patch16_224", backbone_args=VIT, proj_hidden_dim=16, weak_hidden_dim=16)
     torch.manual_seed(0)
     plain = WCL(**kw).eval()

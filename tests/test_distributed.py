@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tests.helpers import free_port
-from wcl.distributed import destroy_process_group, gather_with_grad
+from tests.helpers import run_gloo
+from wcl.distributed import gather_with_grad
 from wcl.losses import NTXentLoss, WeakLabelLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,29 +54,21 @@ def _loss(net, x1, x2, small, weak_weight, crops, candidates_grad=True):
     return nce + weak_weight * weak, nce, weak, l1, l2
 
 
-def _worker(rank: int, port: int, weak_weight: float, crops: bool, out: dict, candidates_grad: bool = True) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        net = DistributedDataParallel(_Net().double())
-        x1, x2, small = _data()
-        sl = slice(rank * B, (rank + 1) * B)
-        loss, nce, weak, l1, l2 = _loss(net, x1[sl], x2[sl], small[sl], weak_weight, crops, candidates_grad)
-        loss.backward()
-        out[rank] = {
-            "loss": loss.item(), "nce": nce.item(), "weak": weak.item(), "labels": (l1.tolist(), l2.tolist()),
-            "grads": {k: p.grad.clone() for k, p in net.module.named_parameters()},
-        }
-    finally:
-        destroy_process_group()
+def _worker(rank: int, weak_weight: float, crops: bool, candidates_grad: bool = True) -> dict:
+    net = DistributedDataParallel(_Net().double())
+    x1, x2, small = _data()
+    sl = slice(rank * B, (rank + 1) * B)
+    loss, nce, weak, l1, l2 = _loss(net, x1[sl], x2[sl], small[sl], weak_weight, crops, candidates_grad)
+    loss.backward()
+    return {
+        "loss": loss.item(), "nce": nce.item(), "weak": weak.item(), "labels": (l1.tolist(), l2.tolist()),
+        "grads": {k: p.grad.clone() for k, p in net.module.named_parameters()},
+    }
 
 
 @pytest.mark.parametrize("weak_weight,crops", [(0.0, False), (1.0, False), (1.0, True)])
 def test_two_ranks_equal_one_rank_with_global_batch(weak_weight, crops):
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(free_port(), weak_weight, crops, out), nprocs=WORLD, join=True)
-        ranks = dict(out)
+    ranks = run_gloo(_worker, weak_weight, crops, world=WORLD)
 
     net = _Net().double()
     x1, x2, small = _data()
@@ -156,10 +145,7 @@ def _official_step(net: nn.Module) -> tuple[list[float], dict[str, torch.Tensor]
 
 
 def test_candidates_without_grad_equal_the_official_gradient():
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(free_port(), 1.0, False, out, False), nprocs=WORLD, join=True)
-        ranks = dict(out)
+    ranks = run_gloo(_worker, 1.0, False, False, world=WORLD)
     official_losses, reference = _official_step(_Net().double())
     for r, rank_out in ranks.items():  # the same loss values as the official formulas, rank by rank
         assert rank_out["loss"] == pytest.approx(official_losses[r], rel=1e-9)
@@ -184,24 +170,16 @@ def test_candidates_without_grad_equal_the_official_gradient():
         assert (max(gaps) < 1e-12) == (term == 1), (term, max(gaps))
 
 
-def _gather_worker(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        x = torch.full((3, 2), float(rank + 1), requires_grad=True)
-        y = gather_with_grad(x)
-        weights = torch.arange(y.numel(), dtype=torch.float32).view_as(y) * (rank + 1)
-        (y * weights).sum().backward()
-        out[rank] = (y.detach().tolist(), x.grad.tolist())
-    finally:
-        destroy_process_group()
+def _gather_worker(rank: int) -> tuple[list, list]:
+    x = torch.full((3, 2), float(rank + 1), requires_grad=True)
+    y = gather_with_grad(x)
+    weights = torch.arange(y.numel(), dtype=torch.float32).view_as(y) * (rank + 1)
+    (y * weights).sum().backward()
+    return y.detach().tolist(), x.grad.tolist()
 
 
 def test_gather_with_grad_sums_gradients_of_every_rank():
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_gather_worker, args=(free_port(), out), nprocs=WORLD, join=True)
-        res = dict(out)
+    res = run_gloo(_gather_worker, world=WORLD)
     gathered = [[1.0, 1.0]] * 3 + [[2.0, 2.0]] * 3
     base = torch.arange(12, dtype=torch.float32).view(6, 2)
     total = base * 1 + base * 2  # d/dy of rank 0's and rank 1's objectives, summed

@@ -1,6 +1,6 @@
 import torch
 
-from tests.helpers import free_port
+from tests.helpers import run_gloo
 from wcl.eval.knn import knn_predict
 
 
@@ -23,26 +23,16 @@ def test_k_larger_than_bank_and_chunks():
                                knn_predict(q, bank, labels, 3, k=5), rtol=1e-5, atol=0)
 
 
-def _sharded_worker(rank: int, port: int, out: dict) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    from wcl.distributed import destroy_process_group
+def _sharded_worker(rank: int) -> dict[str, float]:
     from wcl.eval.knn import ShardedKnn
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        bank, labels, queries, qlabels = _knn_data()
-        scorer = ShardedKnn(k=7, temperature=0.2, chunk_size=4)
-        scorer.add_bank(bank[rank::2], labels[rank::2])  # each rank holds half of the bank
-        # queries split unevenly, with a repeat (as a padded distributed sampler does)
-        mine = torch.arange(0, 6) if rank == 0 else torch.tensor([6, 7, 8, 9, 0])
-        scorer.add_queries(mine, queries[mine], qlabels[mine])
-        out[rank] = {k: float(v) for k, v in scorer.accuracy(num_classes=5).items()}
-    finally:
-        destroy_process_group()
+    bank, labels, queries, qlabels = _knn_data()
+    scorer = ShardedKnn(k=7, temperature=0.2, chunk_size=4)
+    scorer.add_bank(bank[rank::2], labels[rank::2])  # each rank holds half of the bank
+    # queries split unevenly, with a repeat (as a padded distributed sampler does)
+    mine = torch.arange(0, 6) if rank == 0 else torch.tensor([6, 7, 8, 9, 0])
+    scorer.add_queries(mine, queries[mine], qlabels[mine])
+    return {k: float(v) for k, v in scorer.accuracy(num_classes=5).items()}
 
 
 def _knn_data():
@@ -53,12 +43,7 @@ def _knn_data():
 
 
 def test_bank_sharded_over_two_ranks_equals_one_process():
-    import torch.multiprocessing as mp
-
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_sharded_worker, args=(free_port(), out), nprocs=2, join=True)
-        ranks = dict(out)
+    ranks = run_gloo(_sharded_worker)
     bank, labels, queries, qlabels = _knn_data()
     scores = knn_predict(queries, bank, labels, 5, k=7, temperature=0.2)
     top1 = float((scores.argmax(1) == qlabels).float().mean())

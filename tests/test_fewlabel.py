@@ -3,19 +3,15 @@ ranks), the few-label kNN bank, and the same labelled images from pretraining to
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from tests.helpers import free_port
+from tests.helpers import run_gloo
 from wcl import WCL, LabelledDataModule, WCLDataModule
 from wcl.cli import main
 from wcl.data.datasets import targets_of
-from wcl.distributed import destroy_process_group
 from wcl.errors import ConfigError, DataError
 from wcl.graph import weak_labels
 from wcl.losses import WeakLabelLoss, rank_share, weak_label_loss
@@ -97,25 +93,17 @@ def _inputs():
     return v1, v2, known
 
 
-def _rank(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        v1, v2, known = _inputs()
-        sl = slice(rank * B, (rank + 1) * B)
-        a, b = v1[sl].clone().requires_grad_(), v2[sl].clone().requires_grad_()
-        loss, l1, l2 = WeakLabelLoss(0.2, "torch")(a, b, known=known[sl])
-        loss.backward()
-        out[rank] = {"loss": loss.item(), "labels": (l1.tolist(), l2.tolist()), "grad": (a.grad, b.grad)}
-    finally:
-        destroy_process_group()
+def _rank(rank: int) -> dict:
+    v1, v2, known = _inputs()
+    sl = slice(rank * B, (rank + 1) * B)
+    a, b = v1[sl].clone().requires_grad_(), v2[sl].clone().requires_grad_()
+    loss, l1, l2 = WeakLabelLoss(0.2, "torch")(a, b, known=known[sl])
+    loss.backward()
+    return {"loss": loss.item(), "labels": (l1.tolist(), l2.tolist()), "grad": (a.grad, b.grad)}
 
 
 def test_label_graph_loss_two_ranks_equal_one_process():
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_rank, args=(free_port(), out), nprocs=WORLD, join=True)
-        ranks = dict(out)
+    ranks = run_gloo(_rank, world=WORLD)
     v1, v2, known = _inputs()
     a, b = v1.clone().requires_grad_(), v2.clone().requires_grad_()
     loss, l1, l2 = WeakLabelLoss(0.2, "scipy")(a, b, known=known)
