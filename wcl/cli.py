@@ -155,7 +155,7 @@ class WCLCLI(LightningCLI):
         cfg["callbacks"] = callbacks
         check_accelerator(cfg.get("accelerator"))
         root = cfg.get("default_root_dir") or os.getcwd()
-        _check_output_dir(root)
+        check_writable(Path(root), "the output folder (trainer.default_root_dir)", "choose a writable folder path")
         if cfg.get("logger") in (None, True):  # CSV logs next to the checkpoints, wherever default_root_dir points
             cfg["logger"] = CSVLogger(save_dir=root)
         return super().instantiate_trainer(**kwargs)
@@ -357,10 +357,10 @@ def _differs(a: Any, b: Any) -> bool:
 
 
 def _config_files(args: list[str]) -> list[str]:
-    """The ``--config`` files of a command line, in order."""
+    """The ``--config`` (``-c``) files of a command line, in order."""
     files = []
     for i, arg in enumerate(args):
-        if arg == "--config" and i + 1 < len(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
             files.append(args[i + 1])
         elif arg.startswith("--config="):
             files.append(arg.split("=", 1)[1])
@@ -395,14 +395,6 @@ def with_run_folder(args: list[str]) -> list[str]:
         return args
     i, root = setting[-1]
     return [*args, "--trainer.default_root_dir", root.rstrip("/") + "".join(f"+{Path(f).stem}" for f in files[i + 1:])]
-
-
-def _check_output_dir(root: str) -> None:
-    try:
-        Path(root).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create the output folder {root} (trainer.default_root_dir): {err}. "
-                          "Choose a writable folder path.") from err
 
 
 def _note(text: str) -> None:
@@ -440,21 +432,11 @@ def check_accelerator(name: Any) -> None:
                       "cpu, or check CUDA_VISIBLE_DEVICES and that torch was built with CUDA.")
 
 
-def _config_paths(args: list[str]) -> list[str]:
-    paths = []
-    for i, arg in enumerate(args):
-        if arg in ("--config", "-c") and i + 1 < len(args):
-            paths.append(args[i + 1])
-        elif arg.startswith("--config="):
-            paths.append(arg.split("=", 1)[1])
-    return paths
-
-
 def check_config_files(args: list[str]) -> None:
     """Every ``--config`` file parses as YAML (else: its file, line and column), and an overlay (a ``model:`` or
     ``data:`` section without ``class_path``) does not come before the config that names the class."""
     loaded = []
-    for path in _config_paths(args):
+    for path in _config_files(args):
         if not Path(path).is_file():
             continue  # jsonargparse says it
         try:
