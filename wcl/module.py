@@ -147,9 +147,10 @@ class WCL(LightningModule):
                            ("knn_every_n_epochs", knn_every_n_epochs)):
             if value < 0:
                 raise ConfigError(f"model.{key} must be >= 0, got {value}")
-        for key, value, high in (("momentum", momentum, "< 1"), ("min_lr_factor", min_lr_factor, "<= 1")):
-            if not (0 <= value < 1 if high == "< 1" else 0 <= value <= 1):
-                raise ConfigError(f"model.{key} must be >= 0 and {high}, got {value}")
+        if not 0 <= momentum < 1:
+            raise ConfigError(f"model.momentum must be >= 0 and < 1, got {momentum}")
+        if not 0 <= min_lr_factor <= 1:
+            raise ConfigError(f"model.min_lr_factor must be >= 0 and <= 1, got {min_lr_factor}")
         if num_classes is not None and num_classes < 2:
             raise ConfigError(f"model.num_classes must be >= 2 (or null, no online linear probe), got {num_classes}")
         if weak_weight == 0 and crop_losses == "weak":
