@@ -221,7 +221,6 @@ class WCLCLI(LightningCLI):
         if cfg.get("return_predictions") is None:
             cfg["return_predictions"] = False
 
-
     def _summary_instead_of_table(self) -> None:
         """``after_validate`` prints the metrics as ``wcl:`` lines; Lightning's unrounded table only with
         ``--verbose true``."""
