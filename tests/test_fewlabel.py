@@ -60,6 +60,7 @@ def test_knn_bank_is_the_labelled_subset(in_memory):
     everything = WCLDataModule(label_fraction=0.1, train_per_class=20, bank="all", num_workers=0, **kw)
     assert len(torch.cat([b["label"] for b in everything.eval_loader("bank")])) == 200
     assert "all 200 images" in everything.protocol()
+    assert WCLDataModule(train_per_class=20, num_workers=0, **kw).protocol() is None  # every label: no summary line
 
 
 def test_subset_file_missing_a_class_is_one_clear_error(tmp_path):
@@ -169,3 +170,19 @@ def test_rank_balanced_loss_is_the_global_mean_with_singletons(crops, crop_weigh
                                   offset=r * B, labels1=l1, labels2=l2) for r in range(WORLD)]
     if not crops:  # without the balancing the mean of the ranks is not the global loss
         assert sum(unbalanced).item() / WORLD != pytest.approx(ref.item(), abs=1e-9)
+
+
+def test_subset_list_goes_to_the_run_folder_without_checkpoints_or_logger(tmp_path, monkeypatch):
+    """With no checkpoint folder and no logger the list lands in trainer.default_root_dir, never the working
+    directory (a run once left labelled_subset.txt in the repository)."""
+    from types import SimpleNamespace
+
+    from wcl.callbacks import LabelledSubsetFile
+
+    monkeypatch.chdir(tmp_path)
+    dm = WCLDataModule(label_fraction=0.1, train_per_class=20, num_workers=0)
+    trainer = SimpleNamespace(datamodule=dm, is_global_zero=True, checkpoint_callback=None, log_dir=None,
+                              default_root_dir=str(tmp_path / "run"))
+    LabelledSubsetFile().on_train_start(trainer, None)
+    assert len((tmp_path / "run" / "labelled_subset.txt").read_text().split()) == 20
+    assert not (tmp_path / "labelled_subset.txt").exists()

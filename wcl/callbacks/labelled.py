@@ -60,6 +60,6 @@ class LabelledSubsetFile(Callback):
         if names is None or not trainer.is_global_zero:
             return
         ckpt = trainer.checkpoint_callback
-        out = Path(ckpt.dirpath if ckpt is not None and ckpt.dirpath else trainer.log_dir or ".")
+        out = Path(ckpt.dirpath if ckpt is not None and ckpt.dirpath else trainer.log_dir or trainer.default_root_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "labelled_subset.txt").write_text("\n".join(names) + "\n")
