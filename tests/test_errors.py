@@ -62,6 +62,7 @@ CASES = {  # name: (extra fit arguments for the quickstart config, words the mes
     "unknown model key": (["--model.widht", "8"], ["widht"]),
     "unknown data key": (["--data.batch_sise", "8"], ["batch_sise"]),
     "unknown augment key": (["--data.augment.crop_sise", "8"], ["crop_sise"]),
+    "abbreviated key": (["--trainer.max_epoch", "1"], ["unrecognized", "--trainer.max_epoch"]),
     "wrong type": (["--data.batch_size", "many"], ["batch_size", "many"]),
     "unknown backbone": (["--model.backbone", "resnet7"], ["backbone", "resnet7"]),
     "temperature 0": (["--model.temperature", "0"], ["model.temperature"]),

@@ -231,8 +231,8 @@ class WCLCLI(LightningCLI):
         """The validation's metrics as ``wcl:`` lines, rounded as the fit summary rounds them."""
         if not self.trainer.is_global_zero:
             return
-        if hasattr(self.trainer.datamodule, "protocol"):
-            print(f"wcl: labels: {self.trainer.datamodule.protocol()}", flush=True)
+        if protocol := label_protocol(self.trainer.datamodule):
+            print(f"wcl: labels: {protocol}", flush=True)
         metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         lines = [f"wcl: {key} = {float(value):.4f}" for key, value in sorted(metrics.items())]
         print("\n".join(lines) or "wcl: the validation logged no metrics", flush=True)
@@ -259,7 +259,9 @@ class WCLCLI(LightningCLI):
             return
         if not Path(path).is_file():
             raise ConfigError(f"--ckpt_path {path} does not exist; give a .ckpt written by `{PROG} fit`, or 'last'.")
-        saved = read_resume_checkpoint(Path(path)).get("hyper_parameters", {})
+        from wcl.eval.checkpoint import read_checkpoint
+
+        saved = read_checkpoint(path, "--ckpt_path").get("hyper_parameters", {})
         saved_class, mine = saved.get("_class_path"), type(self.model)
         if saved_class is not None and _resolve(saved_class) is not mine:
             raise ConfigError(
@@ -323,8 +325,8 @@ class WCLCLI(LightningCLI):
             lines.append("wcl: val/knn_top1 by epoch: " + ", ".join(f"{e}: {v:.4f}" for e, v in knn.history))
         if knn is not None and knn.best_top1 is not None:
             lines.append(f"wcl: best val/knn_top1 = {knn.best_top1:.4f}")
-        if hasattr(trainer.datamodule, "protocol"):  # which labels the numbers above used
-            lines.append(f"wcl: labels: {trainer.datamodule.protocol()}")
+        if protocol := label_protocol(trainer.datamodule):  # which labels the numbers above used
+            lines.append(f"wcl: labels: {protocol}")
         ckpt = next((cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)), None)
         if ckpt is not None:
             path = ckpt.last_model_path or ckpt.best_model_path
@@ -339,6 +341,12 @@ def _counted(model: LightningModule) -> str:
     from wcl.module import WCL
 
     return "every view and crop counted" if isinstance(model, WCL) else "each labelled training image counted once"
+
+
+def label_protocol(datamodule: Any) -> str | None:
+    """The data module's phrase for the labels a run used, or ``None`` where it has none to say."""
+    protocol = getattr(datamodule, "protocol", None)
+    return protocol() if protocol is not None else None
 
 
 def _resolve(class_path: str) -> type | None:
@@ -399,23 +407,6 @@ def with_run_folder(args: list[str]) -> list[str]:
 def _note(text: str) -> None:
     """A setting that runs but probably not as meant: one line, not an error."""
     print(f"wcl: warning: {text}", file=sys.stderr, flush=True)
-
-
-def read_resume_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint ``--ckpt_path`` names, read before Lightning reads it, with one line for a file that is not
-    one (empty, cut short by a copy or a kill, another format)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - every unreadable file gets the same advice
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        size = path.stat().st_size
-        raise ConfigError(f"--ckpt_path {path} cannot be read ({size} bytes; {reason}): the file is empty or cut "
-                          "short (a copy or save that did not finish?); pass another checkpoint, e.g. an epoch=N.ckpt "
-                          "of the run.") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"--ckpt_path {path} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written "
-                          f"by `{PROG} fit`.")
-    return ckpt
 
 
 def check_accelerator(name: Any) -> None:
@@ -572,7 +563,9 @@ def main(args: list[str] | None = None) -> None:
     try:
         WCLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                save_config_callback=SaveConfig, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
-               parser_kwargs={name: {"description": help_text(name)} for name in WCLCLI.subcommands()})
+               parser_kwargs={"allow_abbrev": False,  # --trainer.max_epoch is a typo, not --trainer.max_epochs
+                              **{name: {"description": help_text(name), "allow_abbrev": False}
+                                 for name in WCLCLI.subcommands()}})
     except SIGTERMException as stop:  # SIGTERM or Ctrl-C: last.ckpt was saved; a non-zero exit stops `fit && probe`
         sys.exit(128 + int(getattr(stop, "signum", 15)))
     except Exception as err:

@@ -124,14 +124,15 @@ class WCLDataModule(ImageData):
             return None
         return [source_of(self.known_subset, i) for i in range(len(self.known_subset))]
 
-    def protocol(self) -> str:
-        """The labels this run used, for the end-of-fit summary."""
+    def protocol(self) -> str | None:
+        """The labels this run used, for the end-of-fit summary; ``None`` for the usual case (every label, kNN
+        bank = the training images), which needs no line."""
         if self.num_classes is None:
             return "none (unlabelled data: no kNN bank)"
+        if self.known_subset is None:
+            return None
         total = len(self.source.split("bank"))  # type: ignore[arg-type]
         known = describe_subset(self.known_subset, self.label_fraction, self.subset_file, self.seed, total)
-        if self.known_subset is None:
-            return f"kNN bank: {known}"
         where = "those images" if self.bank == "labelled" else f"all {total} images (data.bank: all)"
         return f"known labels in pretraining: {known}; kNN bank: {where}"
 
@@ -247,9 +248,9 @@ class LabelledDataModule(ImageData):
             return None
         return [source_of(self.train_base, i) for i in range(len(self.train_base))]  # type: ignore[arg-type]
 
-    def protocol(self) -> str:
-        """The labels this run trained on, for the end-of-fit summary."""
-        return f"trained on {self._protocol}"
+    def protocol(self) -> str | None:
+        """The labels this run trained on, for the end-of-fit summary; ``None`` when it used every label."""
+        return f"trained on {self._protocol}" if self._subset_used else None
 
     def cache_source(self, split: Literal["train", "val"]) -> Any:
         """Un-augmented, unsharded loader of a split, for feature caching."""

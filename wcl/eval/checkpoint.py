@@ -14,17 +14,23 @@ from wcl.models.backbones import build_backbone
 ARCH_KEYS = ("backbone", "width", "cifar_stem")  # every wcl checkpoint has these; backbone_args since timm/torchvision
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """The Lightning checkpoint at ``path``, on the CPU, with one line for a file that is missing or is not one
+    (empty, cut short by a copy or a kill, another format); ``what`` names it in that line (``--ckpt_path``)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"checkpoint {p} does not exist. Pass the .ckpt written by `python -m wcl fit` "
+        raise ConfigError(f"{what} {p} does not exist. Pass the .ckpt written by `python -m wcl fit` "
                           "(e.g. runs/quickstart/checkpoints/last.ckpt).")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ConfigError(f"cannot read checkpoint {p}: {err}. Is it a PyTorch Lightning .ckpt file?") from err
+    except Exception as err:  # noqa: BLE001 - every unreadable file gets the same advice
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{what} {p} cannot be read ({p.stat().st_size} bytes; {reason}): the file is empty or "
+                          "cut short (a copy or save that did not finish?), or not a PyTorch Lightning .ckpt; pass "
+                          "another checkpoint, e.g. an epoch=N.ckpt of the run.") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ConfigError(f"{p} is not a Lightning checkpoint (no 'state_dict'); pass a wcl.WCL checkpoint.")
+        raise ConfigError(f"{what} {p} is not a Lightning checkpoint (no 'state_dict'); pass a .ckpt written by "
+                          "`python -m wcl fit`.")
     return ckpt
 
 
