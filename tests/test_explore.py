@@ -113,3 +113,29 @@ def test_bad_input_ends_in_one_line(tmp_path, capsys):
     meta = json.loads((split / "embedding.json").read_text())
     (split / "embedding.json").write_text(json.dumps({**meta, "checkpoint": str(tmp_path / "nobb.ckpt")}))
     _fails(capsys, [str(split), "--no-pictures", "--query", str(split / "img" / "0.png")], "no backbone weights")
+
+
+def test_umap_map_calls_umap_learn_and_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    """``--map umap`` hands the rows to umap-learn (a fake module here: the extra is not in [dev]) and draws what it
+    returns; without umap-learn it is one line naming the extra."""
+    import sys
+    import types
+
+    folder = _split(tmp_path / "s")
+    monkeypatch.setitem(sys.modules, "umap", None)  # as when umap-learn is not installed
+    _fails(capsys, [str(folder), "--map", "umap"], "pip install 'wcl[umap]'")
+    calls = []
+
+    class UMAP:
+        def __init__(self, **kwargs) -> None:
+            calls.append(kwargs)
+
+        def fit_transform(self, x: np.ndarray) -> np.ndarray:
+            calls.append(x.shape)
+            return x[:, :2]
+
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=UMAP))
+    main([str(folder), "--map", "umap", "--seed", "3"])
+    assert calls[0] == {"n_components": 2, "metric": "cosine", "random_state": 3}
+    n = len(list(csv.DictReader(open(folder / "clusters.csv"))))
+    assert calls[1][0] == n and (folder / "map.png").is_file()
