@@ -3,6 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import QUICKSTART, run_wcl
+
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = ROOT.parent / "shared" / "datasets" / "cifar10"
 
@@ -17,6 +19,15 @@ def _two_threads():
 def _seeded():
     # Every test draws the same random tensors whatever ran before it: a failure reproduces alone.
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> tuple[Path, str]:
+    """The README's quickstart, run once per session as a user runs it, in a fresh folder: (that folder, what it
+    printed). Its checkpoint, ``runs/quickstart/checkpoints/last.ckpt`` there, is the trained model the README test
+    and the evaluation tests read (read only: write elsewhere)."""
+    cwd = tmp_path_factory.mktemp("quickstart")
+    return cwd, run_wcl(QUICKSTART, cwd)
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,20 @@ from lightning.pytorch import Callback
 
 from wcl.callbacks import KnnMultiCrop
 from wcl.distributed import destroy_process_group
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml")]  # the README's first command
+
+
+def run_wcl(args: list[str], cwd: Path) -> str:
+    """stdout + stderr of ``python -m wcl ARGS`` run in ``cwd`` with this checkout's code on 2 threads (the
+    project's machine); a failure shows the end of the output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-m", "wcl", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"python -m wcl {' '.join(args)} failed:\n{out[-3000:]}"
+    return out
 
 
 def free_port() -> int:

@@ -21,14 +21,11 @@ def _save_random(path, **kw):
     return model
 
 
-@pytest.fixture(scope="session")
-def pretrained(tmp_path_factory):
-    """A short quickstart pretraining (2 epochs on the bundled data) through the CLI."""
-    out = tmp_path_factory.mktemp("pretrain")
-    main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.max_epochs", "2",
-          "--trainer.default_root_dir", str(out),
-          "--trainer.enable_progress_bar", "false", "--model.knn_every_n_epochs", "0"])
-    return next(out.rglob("last.ckpt"))
+@pytest.fixture
+def pretrained(quickstart_run):
+    """The README quickstart's checkpoint (6 epochs on the bundled data, the session's one run of it)."""
+    cwd, _ = quickstart_run
+    return cwd / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
 
 
 def _probe(ckpt, out, capsys):
@@ -91,7 +88,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(ConfigError, match="is not a wcl.WCL checkpoint"):
         load_backbone(tmp_path / "other.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="cannot read checkpoint"):
+    with pytest.raises(ConfigError, match="junk.ckpt cannot be read"):
         load_backbone(tmp_path / "junk.ckpt")
     _save_random(tmp_path / "r18.ckpt")
     with pytest.raises(ConfigError, match="backbone mismatch.*resnet50.*resnet18"):
