@@ -2,7 +2,7 @@
 weak-label clusters against k-means.
 
     python benchmarks/explore.py --quick                                   # seconds: checks the script
-    python benchmarks/explore.py --checkpoint runs/cpu_proxy/checkpoints/last.ckpt   # the measurement (BENCHMARKS.md)
+    python benchmarks/explore.py --checkpoint runs/cpu_proxy/wcl_e10_s0/checkpoints/last.ckpt  # BENCHMARKS.md
 
 Measures, each command in its own process (peak memory = its maximum resident set):
 
@@ -62,10 +62,23 @@ def random_checkpoint(path: Path, width: int) -> Path:
     return path
 
 
-def predict(ckpt: Path, out: Path, *data: str) -> tuple[str, float, float]:
-    return measured(["-m", "wcl", "predict", "--config", "configs/embed/quickstart.yaml", "--model.checkpoint",
-                     str(ckpt), "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
-                     *data])
+def predict(config: str, ckpt: Path, out: Path, *data: str) -> tuple[str, float, float]:
+    return measured(["-m", "wcl", "predict", "--config", config, "--model.checkpoint", str(ckpt),
+                     "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false", *data])
+
+
+def normalisation(data_config: str | None) -> dict[str, list[float]]:
+    """``augment.mean`` / ``std`` of a data config (the checkpoint's training normalisation); {} for the defaults."""
+    if data_config is None:
+        return {}
+    import yaml
+
+    augment = yaml.safe_load((ROOT / data_config).read_text())["init_args"].get("augment", {})
+    return {k: augment[k] for k in ("mean", "std") if k in augment}
+
+
+def normalisation_args(norm: dict[str, list[float]]) -> list[str]:
+    return [a for k, v in norm.items() for a in (f"--data.augment.{k}", json.dumps(v))]
 
 
 def synthetic(folder: Path, n: int, dim: int = 128, centres: int = 10_000) -> Path:
@@ -96,7 +109,7 @@ def explore(folder: Path, *extra: str) -> dict:
 
 
 @torch.no_grad()
-def duplicate_threshold(ckpt: Path, per_class: int | None) -> dict:
+def duplicate_threshold(ckpt: Path, per_class: int | None, norm: dict[str, list[float]]) -> dict:
     """Cosines on the bundled data: each val image against a near-duplicate copy of itself (JPEG quality 60 after
     a 36-px resize and a 1-px shifted 32-px crop) and against its nearest *other* image among train + val."""
     import io
@@ -110,7 +123,7 @@ def duplicate_threshold(ckpt: Path, per_class: int | None) -> dict:
 
     backbone, _ = load_backbone(ckpt)
     backbone.eval()
-    tf = eval_transform(Augmentations())
+    tf = eval_transform(Augmentations(**norm))
     splits = build_splits("bundled")
     val, train = splits.val, splits.bank
     if per_class:
@@ -139,8 +152,11 @@ def duplicate_threshold(ckpt: Path, per_class: int | None) -> dict:
             "copy_cosine_median": q(same, 0.5), "nearest_other_p50": q(nearest_other, 0.5),
             "nearest_other_p99": q(nearest_other, 0.99), "nearest_other_p999": q(nearest_other, 0.999),
             "nearest_other_max": round(float(nearest_other.max()), 4),
-            "copies_at_default": round(float((same >= DUP_THRESHOLD).float().mean()), 4),
-            "false_at_default": round(float((nearest_other >= DUP_THRESHOLD).float().mean()), 4)}
+            "default": DUP_THRESHOLD,
+            # threshold -> (share of the copies found, share of val images paired with another image)
+            "found_and_false": {t: (round(float((same >= t).float().mean()), 4),
+                                    round(float((nearest_other >= t).float().mean()), 4))
+                                for t in sorted({0.9, 0.95, 0.97, 0.98, 0.99, DUP_THRESHOLD})}}
 
 
 def rate(stdout: str, split: str) -> float:
@@ -154,6 +170,8 @@ def main() -> None:
     p.add_argument("--checkpoint", help="a wcl checkpoint (default: random quickstart weights; steps 2-3 need one)")
     p.add_argument("--cifar10", default=str(CIFAR10), help="CIFAR-10 as an ImageFolder tree")
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
+    p.add_argument("--data-config", default="configs/cpu_proxy/data.yaml",
+                   help="the data config --checkpoint was trained with: its augment.mean/std normalise every predict")
     args = p.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="wcl_explore_bench_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -161,12 +179,15 @@ def main() -> None:
     ckpt = Path(args.checkpoint) if args.checkpoint else random_checkpoint(work / "random.ckpt",
                                                                            4 if args.quick else 16)
     small = ["--data.train_per_class", "20", "--data.val_per_class", "10"] if args.quick else []
+    norm = normalisation(args.data_config if args.checkpoint else None)
+    results["normalisation"] = norm or "the data module's defaults"
 
-    stdout, seconds, peak = predict(ckpt, work / "bundled", *small)
+    stdout, seconds, peak = predict("configs/embed/quickstart.yaml", ckpt, work / "bundled", *small,
+                                    *normalisation_args(norm))
     results["predict_bundled"] = {"train_images_per_s": rate(stdout, "train"), "val_images_per_s": rate(stdout, "val"),
                                   "wall_s": round(seconds, 1), "peak_mb": round(peak)}
     print("predict, bundled:", results["predict_bundled"], flush=True)
-    results["duplicate_threshold"] = duplicate_threshold(ckpt, 10 if args.quick else None)
+    results["duplicate_threshold"] = duplicate_threshold(ckpt, 10 if args.quick else None, norm)
     print("near-duplicate cosines, bundled:", results["duplicate_threshold"], flush=True)
 
     if args.quick:
@@ -177,8 +198,10 @@ def main() -> None:
             sys.exit(f"CIFAR-10 ImageFolder not found at {args.cifar10}")
         if not args.checkpoint:
             sys.exit("the CIFAR-10 steps need --checkpoint (e.g. a CPU-proxy run's last.ckpt)")
-        stdout, seconds, peak = predict(ckpt, work / "cifar10", "--data.dataset", "cifar10", "--data.root",
-                                        args.cifar10, "--data.eval_batch_size", "1000")
+        # every training image (50,000), the protocol's transform; the training loader's in-memory copy is not used
+        stdout, seconds, peak = predict("configs/embed/cpu_proxy.yaml", ckpt, work / "cifar10", "--data.root",
+                                        args.cifar10, "--data.train_per_class", "null", "--data.in_memory", "false",
+                                        "--data.eval_batch_size", "1000", *normalisation_args(norm))
         results["predict_cifar10"] = {"train_images_per_s": rate(stdout, "train"), "wall_s": round(seconds, 1),
                                       "peak_mb": round(peak)}
         print("predict, CIFAR-10:", results["predict_cifar10"], flush=True)

@@ -202,6 +202,41 @@ def test_each_overlay_combination_has_its_own_run_folder(configs, extra, folder,
     assert f"default_root_dir: {folder}\n" in capsys.readouterr().out
 
 
+def _documented_lines() -> list[str]:
+    """The command lines of the README and of the configs' comments, ``\\`` continuations joined."""
+    texts = [(ROOT / "README.md").read_text()] + [p.read_text() for p in (ROOT / "configs").rglob("*.yaml")]
+    lines = []
+    for text in texts:
+        for line in text.replace("\\\n", " ").splitlines():
+            lines.append(line.lstrip("# ").strip())
+    return lines
+
+
+def test_every_checkpoint_the_docs_name_is_written_by_a_documented_fit(monkeypatch):
+    """A pipeline typed as documented finds its checkpoint: each ``runs/<folder>/checkpoints`` of the README and
+    the configs' comments is the run folder of some documented pretraining command (overlays add ``+<name>``)."""
+    import re
+    import shlex
+
+    from wcl.cli import _config_files, _root_dir_of, with_run_folder
+
+    monkeypatch.chdir(ROOT)
+    lines = _documented_lines()
+    named = {m.group(1) for line in lines for m in re.finditer(r"(runs/[\w.+-]+)/checkpoints", line)}
+    written = set()
+    for line in lines:
+        if not line.startswith("python -m wcl fit ") or "--model.checkpoint" in line:
+            continue
+        args = with_run_folder(shlex.split(line.split("  #")[0])[3:])
+        if "--trainer.default_root_dir" in args:
+            written.add(args[args.index("--trainer.default_root_dir") + 1].rstrip("/"))
+        else:
+            roots = [r for f in _config_files(args) if (r := _root_dir_of(f))]
+            written.update(roots[-1:])
+    assert "runs/quickstart" in written and "runs/cifar10_wcl+10pct+label_graph" in written
+    assert named <= written, f"checkpoints the docs name but no documented fit writes: {sorted(named - written)}"
+
+
 def test_plain_lines_say_which_epoch_a_kept_knn_value_is_from(capsys):
     from types import SimpleNamespace
 
@@ -235,16 +270,29 @@ def test_rich_bar_counts_epochs_from_one_and_hides_v_num():
     assert bar.get_metrics(bar._trainer, None) == {"loss": 1.5}
 
 
-def test_model_table_has_no_flops_column_when_nothing_counted_them(caplog):
+def test_model_table_has_no_flops_column_when_nothing_counted_them():
+    import io
     import logging
+
+    from lightning.pytorch.callbacks.model_summary import log as summary_log
 
     from wcl.callbacks import ModelTable
 
-    with caplog.at_level(logging.INFO):
+    # A handler on Lightning's own logger: earlier tests may turn its propagation to the root logger (caplog) off.
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    level = summary_log.level
+    summary_log.addHandler(handler)
+    summary_log.setLevel(logging.INFO)
+    try:
         ModelTable.summarize([("Name", ["backbone"]), ("Params", ["700 K"]), ("FLOPs", ["0"])], 965, 965, 3.8,
                              {"train": 82, "eval": 0}, 0)
-    assert "backbone" in caplog.text and "FLOPs" not in caplog.text and "Flops" not in caplog.text
-    assert "\x1b[" not in caplog.text
+    finally:
+        summary_log.removeHandler(handler)
+        summary_log.setLevel(level)
+    text = stream.getvalue()
+    assert "backbone" in text and "FLOPs" not in text and "Flops" not in text
+    assert "\x1b[" not in text
 
 
 def test_evaluations_print_wcl_lines_and_no_noise(tmp_path, capsys, recwarn):

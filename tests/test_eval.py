@@ -141,3 +141,19 @@ def test_cached_probe_needs_the_labelled_data_module(tmp_path):
     trainer = SimpleNamespace(datamodule=WCLDataModule(dataset="bundled"))
     with pytest.raises(ConfigError, match="wcl.LabelledDataModule"):
         CachedFeatures().setup(trainer, probe, "fit")
+
+
+def test_finetune_decays_weights_only_as_pretraining_does(tmp_path):
+    """Fine-tuning's weight decay skips biases and norms (here BatchNorm) like pretraining; the classifier keeps its
+    own learning rate."""
+    from wcl import FineTune
+
+    _save_random(tmp_path / "r.ckpt")
+    ft = FineTune(str(tmp_path / "r.ckpt"), num_classes=10, lr=0.01, classifier_lr=0.1, weight_decay=5e-4)
+    groups = ft.param_groups()
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {id(p): n for n, p in ft.named_parameters()}
+    assert {names[i] for i in decayed} == {n for n, p in ft.named_parameters() if p.ndim > 1}
+    assert sum(len(g["params"]) for g in groups) == len(list(ft.parameters()))
+    assert {g["lr"] for g in groups if any(p is ft.classifier.weight for p in g["params"])} == {0.1}
+    assert all("lr" not in g for g in groups if any(p is ft.backbone.conv1.weight for p in g["params"]))

@@ -71,6 +71,23 @@ def test_subset_file_missing_a_class_is_one_clear_error(tmp_path):
             module(subset_file=str(listing), num_workers=0)
 
 
+def test_fraction_giving_some_class_no_labelled_image_is_one_clear_error(tmp_path, capsys):
+    """1 % of 20 images per class rounds to none: refused (with the smallest fraction that works), not bumped to one
+    image; the same in pretraining, evaluation and through the CLI."""
+    for module in (WCLDataModule, LabelledDataModule):
+        with pytest.raises(ConfigError, match=r"label_fraction=0.01 gives no labelled image of 10 of the 10 classes "
+                                              r"\(first: airplane, automobile, bird, 20 images\); use "
+                                              r"data.label_fraction >= 0.05"):
+            module(train_per_class=20, label_fraction=0.01, num_workers=0)
+    assert len(WCLDataModule(train_per_class=20, label_fraction=0.05, num_workers=0).known_subset) == 10
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", QUICK, *TINY, "--data.label_fraction", "0.01", "--trainer.default_root_dir",
+              str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "wcl: error: data.label_fraction=0.01 gives no labelled image" in err and "Traceback" not in err
+
+
 def test_label_graph_needs_labels_and_the_weak_term(tmp_path, capsys):
     with pytest.raises(ConfigError, match="label_graph .* weak_weight"):
         WCL(weak_weight=0.0, label_graph=True)

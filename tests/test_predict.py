@@ -75,6 +75,24 @@ def test_predict_writes_every_split_in_dataset_order(setup, capsys):
     assert val.shape == (3, 32)
 
 
+def test_predict_embeds_val_and_test_when_both_exist_raw_when_asked(setup, tmp_path, capsys):
+    """An image folder with train/, val/ and test/ gets one file set each (val_per_class applies to both held-out
+    folders); ``normalize false`` keeps the backbone's own scale."""
+    ckpt, _, _ = setup
+    data = image_folder(tmp_path / "data", {"a": (2, 3), "b": (2, 3)})
+    for c, n in (("a", 4), ("b", 1)):
+        (data / "test" / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((12, 12, 3), 40 * i, dtype=np.uint8)).save(data / "test" / c / f"t{i}.png")
+    main(_args(ckpt, data, tmp_path / "out", "--model.dtype", "float32", "--model.normalize", "false",
+               "--data.val_per_class", "2"))
+    assert "val" in capsys.readouterr().out
+    rows = {split: _read(tmp_path / "out" / "embeddings" / split) for split in ("train", "val", "test")}
+    assert {split: x.shape[0] for split, (x, _) in rows.items()} == {"train": 4, "val": 4, "test": 3}
+    assert [Path(r[1]).name for r in rows["test"][1][1:]] == ["t0.png", "t1.png", "t0.png"]
+    assert not np.allclose(np.linalg.norm(rows["train"][0], axis=1), 1, atol=1e-3)
+
+
 def test_two_gloo_ranks_give_the_rows_of_one_rank(setup, capsys):
     ckpt, data, tmp = setup
     if not (tmp / "one" / "embeddings" / "train").is_dir():

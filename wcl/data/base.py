@@ -13,11 +13,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 
 from wcl.data.augment import Augmentations, eval_transform
-from wcl.data.datasets import DatasetName
+from wcl.data.datasets import DatasetName, held_out_dirs, held_out_folder
 from wcl.data.loaders import EvalBatches, ignore_sigint
 from wcl.data.samples import EvalSamples
 from wcl.data.sampling import EpochSampler, SharedInt
 from wcl.data.source import DataSource, InMemory
+from wcl.data.subsets import first_per_class
 from wcl.distributed import rank, world_size
 from wcl.errors import ConfigError
 
@@ -136,17 +137,26 @@ class ImageData(LightningDataModule):
         return self._loader(ds, self.eval_batch_size)
 
     def predict_splits(self) -> dict[str, Dataset]:
-        """What ``python -m wcl predict`` embeds, by output folder: ``train`` (the pretraining images), and the
-        validation split where there is one, named after its folder (``val`` or ``test``; ``test`` for CIFAR and
-        STL-10)."""
+        """What ``python -m wcl predict`` embeds, by output folder: ``train`` (the pretraining images) and each
+        held-out split: for an image folder every one of ``val/`` and ``test/`` that exists (``val_per_class``
+        applies to each), for CIFAR and STL-10 their test split as ``test``."""
         splits = {"train": self.source.pretrain}
         val = self.source.splits.val
-        if val is not None:
-            base = val
-            while isinstance(base, Subset):
-                base = base.dataset
-            root = getattr(base, "root", None)
-            splits[Path(root).name if isinstance(base, ImageFolder) and root else "test"] = val
+        if val is None:
+            return splits
+        base = val
+        while isinstance(base, Subset):
+            base = base.dataset
+        if not (isinstance(base, ImageFolder) and getattr(base, "root", None)):
+            return {**splits, "test": val}
+        val_dir = Path(base.root)
+        for folder in held_out_dirs(val_dir.parent):
+            if folder == val_dir:
+                splits[folder.name] = val
+                continue
+            other = held_out_folder(folder, base.classes)
+            per_class = self.source.val_per_class
+            splits[folder.name] = first_per_class(other, per_class) if per_class is not None else other
         return splits
 
     def predict_dataloader(self) -> list[DataLoader]:

@@ -83,12 +83,23 @@ def _folder_splits(root: Path, name: str) -> DatasetSplits:
     if len(train.classes) == 1:  # unlabelled images in one folder: pretraining only, no evaluation split
         unlabelled = Unlabelled(train)
         return DatasetSplits(unlabelled, unlabelled, None, 0)
-    val_dir = next((root / d for d in _VAL_DIRS if (root / d).is_dir()), None)
-    val = _image_folder(val_dir) if val_dir is not None else None
-    if val is not None and val.classes != train.classes:
-        raise DataError(f"the class folders of {val_dir} differ from those of {root / 'train'}; "
-                        "both splits need the same class names.")
+    val_dir = next(iter(held_out_dirs(root)), None)  # the validation split: val/, else test/
+    val = held_out_folder(val_dir, train.classes) if val_dir is not None else None
     return DatasetSplits(train, train, val, len(train.classes))
+
+
+def held_out_dirs(root: Path) -> list[Path]:
+    """The held-out folders of an image-folder root that exist (``val/``, ``test/``), in that order."""
+    return [root / d for d in _VAL_DIRS if (root / d).is_dir()]
+
+
+def held_out_folder(path: Path, classes: list[str]) -> tvd.ImageFolder:
+    """A held-out image folder whose class folders must be those of ``train/`` (``classes``)."""
+    ds = _image_folder(path)
+    if ds.classes != classes:
+        raise DataError(f"the class folders of {path} differ from those of {path.parent / 'train'}; "
+                        "both splits need the same class names.")
+    return ds
 
 
 class _Relabel(Dataset):

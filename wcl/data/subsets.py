@@ -26,16 +26,26 @@ def first_per_class(ds: Dataset, per_class: int) -> Subset:
 
 
 def class_balanced_fraction(ds: Dataset, fraction: float, seed: int = 0) -> Subset:
-    """A seeded draw of ``fraction`` of each class's samples (rounded, at least one per class)."""
+    """A seeded draw of ``fraction`` of each class's samples (rounded); a fraction that rounds to no sample of some
+    class is an error, not a silent single image."""
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(targets_of(ds)):
         if y >= 0:
             by_class.setdefault(y, []).append(i)
+    empty = sorted(y for y, members in by_class.items() if round(fraction * len(members)) < 1)
+    if empty:
+        names = classes_of(ds)
+        smallest = min(len(by_class[y]) for y in empty)
+        raise ConfigError(
+            f"data.label_fraction={fraction:g} gives no labelled image of {len(empty)} of the {len(by_class)} classes "
+            f"(first: {', '.join(str(names[y]) if y < len(names) else str(y) for y in empty[:3])}, "
+            f"{smallest} images); use data.label_fraction >= {1 / smallest:.3g} (one image of each), or "
+            "data.subset_file to name the images.")
     g = torch.Generator().manual_seed(seed)
     keep: list[int] = []
     for y in sorted(by_class):
         members = by_class[y]
-        n = max(1, round(fraction * len(members)))
+        n = round(fraction * len(members))
         keep += [members[j] for j in torch.randperm(len(members), generator=g)[:n].tolist()]
     return Subset(ds, sorted(keep))
 
@@ -76,7 +86,7 @@ def labelled_subset(ds: Dataset, label_fraction: float | None, subset_file: str 
                     class_names: list[str] | None = None) -> Subset | None:
     """The labelled images of ``ds`` (the labelled training split) chosen by ``data.label_fraction`` (class-balanced,
     seeded: the same images for the same split and seed, whichever data module asks) or ``data.subset_file``; None
-    when neither is set. Every class must keep at least one image (a fraction always does)."""
+    when neither is set. Every class must keep at least one image."""
     check_label_choice(label_fraction, subset_file)
     if label_fraction is not None:
         return class_balanced_fraction(ds, label_fraction, seed)

@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
 from wcl.models.layout import set_layout, to_layout
-from wcl.optim import global_batch_size, scaled_lr, warmup_cosine
+from wcl.optim import global_batch_size, param_groups, scaled_lr, warmup_cosine
 
 
 def check_ranges(lr: float, momentum: float, weight_decay: float) -> None:
@@ -153,7 +153,9 @@ class FineTune(_SupervisedEval):
         lr: learning rate of the backbone (SGD with Nesterov momentum, cosine schedule per step).
         classifier_lr: learning rate of the new linear layer.
         momentum: SGD momentum (Nesterov when > 0).
-        weight_decay: weight decay of backbone and classifier.
+        weight_decay: weight decay of the backbone's and the classifier's weights; as in pretraining, never of
+            biases, normalisation parameters or the tokens a backbone declares (a ViT's ``cls_token``,
+            ``pos_embed``).
         backbone: if set, the checkpoint must hold this backbone.
     """
 
@@ -167,5 +169,7 @@ class FineTune(_SupervisedEval):
         self.hparams["arch"] = self.arch
 
     def param_groups(self) -> list[dict]:
-        return [{"params": list(self.backbone.parameters())},
-                {"params": list(self.classifier.parameters()), "lr": self.hparams.classifier_lr}]
+        wd = self.hparams.weight_decay
+        groups = param_groups({"backbone": self.backbone}, wd) + [
+            {**group, "lr": self.hparams.classifier_lr} for group in param_groups({"classifier": self.classifier}, wd)]
+        return [group for group in groups if group["params"]]
