@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 
 from tests.test_module import _FixedData, _Frozen
@@ -144,12 +145,32 @@ def test_vit_recipes_compose_with_the_overlays(recipe, overlay, capsys):
     assert exc.value.code in (0, None)
     out = capsys.readouterr().out
     assert "backbone: timm:vit_small_patch16_224" in out and "optimizer: " in out
+    WCL(**yaml.safe_load(out)["model"]["init_args"])  # the composed model builds
+
+
+def _readme_backbone_commands() -> list[list[str]]:
+    """The ``python -m wcl fit`` commands of the README's Backbones section, as argument lists."""
+    import shlex
+
+    section = (ROOT / "README.md").read_text().split("## Backbones", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [shlex.split(line, comments=True)[3:] for line in block.splitlines() if line.startswith("python -m wcl")]
+
+
+def test_readme_backbone_commands_build_their_models(capsys, monkeypatch):
+    """Each example of the README's Backbones section parses and builds its backbone (timm, torchvision, ViTs)."""
+    monkeypatch.chdir(ROOT)
+    commands = _readme_backbone_commands()
+    assert len(commands) == 4
+    for args in commands:
+        with pytest.raises(SystemExit):
+            main([*args, "--print_config"])
+        model = WCL(**yaml.safe_load(capsys.readouterr().out)["model"]["init_args"])
+        assert model.backbone.out_dim > 0, args
 
 
 @pytest.mark.parametrize("recipe,crop", [(RECIPES[0], 16), (RECIPES[1], 96)])
 def test_vit_recipe_builds_and_takes_its_multicrop_crops(recipe, crop):
-    import yaml
-
     cfg = yaml.safe_load((ROOT / "configs" / recipe).read_text())["model"]["init_args"]
     model = WCL(**cfg).eval()
     size = cfg.get("backbone_args", {}).get("img_size", 224)

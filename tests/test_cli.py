@@ -142,7 +142,8 @@ def _error_line(capsys, args: list[str]) -> str:
      "`python -m wcl validate --model.help wcl.KNNEval`"),
     (["validate", "--config", "configs/knn/quickstart.yaml", "--trainer.devicez", "1"],
      "`python -m wcl validate --help`"),
-], ids=["model", "data", "probe model", "probe data", "validate model", "validate trainer"])
+    (["test", "--config", "configs/quickstart.yaml"], "`python -m wcl --help` lists the subcommands"),
+], ids=["model", "data", "probe model", "probe data", "validate model", "validate trainer", "subcommand"])
 def test_errors_name_the_help_page_that_lists_the_key(args, pointer, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert pointer in _error_line(capsys, args)
@@ -227,7 +228,7 @@ def test_every_checkpoint_the_docs_name_is_written_by_a_documented_fit(monkeypat
     for line in lines:
         if not line.startswith("python -m wcl fit ") or "--model.checkpoint" in line:
             continue
-        args = with_run_folder(shlex.split(line.split("  #")[0])[3:])
+        args = with_run_folder(shlex.split(line, comments=True)[3:])
         if "--trainer.default_root_dir" in args:
             written.add(args[args.index("--trainer.default_root_dir") + 1].rstrip("/"))
         else:
@@ -320,6 +321,18 @@ def test_evaluations_print_wcl_lines_and_no_noise(tmp_path, capsys, recwarn):
     assert "each labelled training image counted once" in text
     assert "litmodels" not in text and "litlogger" not in text and "FLOPs" not in text
     assert not [w for w in recwarn if "eval mode" in str(w.message)]
+    # The cached probe trains on stored features: no images/s line that would count feature rows as images.
+    main(["fit", "--config", str(ROOT / "configs" / "linear" / "quickstart.yaml"), "--model.checkpoint", ckpt,
+          *small, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "cached")])
+    captured = capsys.readouterr()
+    assert "wcl: final val/top1" in captured.out and "throughput" not in captured.out + captured.err
+    # The fine-tune config as shipped (500 labelled images, 8 steps an epoch): no log_every_n_steps warning.
+    recwarn.clear()
+    main(["fit", "--config", str(ROOT / "configs" / "finetune" / "quickstart_10pct.yaml"), "--model.checkpoint", ckpt,
+          "--data.val_per_class", "2", "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
+          "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "finetune")])
+    assert "wcl: final val/top1" in capsys.readouterr().out
+    assert not [w for w in recwarn if "log_every_n_steps" in str(w.message)]
 
 
 def test_own_images_cpu_command_of_the_readme_runs(tmp_path, capsys):

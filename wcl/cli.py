@@ -55,6 +55,8 @@ def _help_pointer(message: str, subcommand: str) -> str:
     if group in ("model", "data"):
         cls = named.group(1) if named else ("wcl.WCL" if group == "model" else "wcl.WCLDataModule")
         return f"`{PROG} {subcommand} --{group}.help {cls}` lists its keys"
+    if "argument subcommand" in message:
+        return f"`{PROG} --help` lists the subcommands"
     return f"`{PROG} {subcommand} --help` lists the trainer's keys and where the others are listed"
 
 
