@@ -83,6 +83,28 @@ def test_backbone_pretrains_resumes_exactly_probes_finetunes_and_exports(kind, t
         torch.testing.assert_close(m(x), ft.logits({"image": x}))  # backbone and classifier, 10 classes
 
 
+def test_vit_stopped_by_max_steps_mid_epoch_resumes_exactly(tmp_path):
+    """max_steps 3 stops in epoch 2 (batch 1 of 2); resumed to max_steps 4, the run trains on the rest of epoch 2
+    (not on epoch 3's first batch) and ends with the weights, optimizer state and epoch count of a straight run."""
+    args = [*PRETRAIN, *BACKBONES["timm_vit"]]
+    main(["fit", *args, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(tmp_path / "straight")])
+    main(["fit", *args, "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path / "resumed")])
+    main(["fit", *args, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(tmp_path / "resumed"),
+          "--ckpt_path", "last"])
+    straight, resumed = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False)
+                         for d in ("straight", "resumed"))
+    assert straight["global_step"] == resumed["global_step"] == 4
+    for key, value in straight["state_dict"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    (a,), (b,) = straight["optimizer_states"], resumed["optimizer_states"]
+    for i, state in a["state"].items():
+        for name, value in state.items():
+            torch.testing.assert_close(b["state"][i][name], value, rtol=0, atol=1e-6, msg=f"{i} {name}")
+    loops = [c["loops"]["fit_loop"]["epoch_progress"] for c in (straight, resumed)]
+    assert loops[0] == loops[1] and straight["WCLDataModule"] == resumed["WCLDataModule"]
+
+
 def test_vit_probe_runs_its_frozen_backbone_without_dropout(tmp_path):
     from wcl import LinearProbe
 

@@ -248,8 +248,11 @@ def test_resume_past_max_steps_and_with_accepted_changes(tmp_path, capsys):
                    "--resume_with_changes", "true"))
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 8 and last["hyper_parameters"]["weak_weight"] == 0.5
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert out.count("wcl: checkpoint:") == 3 and "metrics.csv" in out
+    # The cosine follows the new length from the resume on: one line says so, not an error.
+    assert "the learning-rate schedule now spans 6 steps, the checkpoint's run planned 3: from step 3 on" in err
+    assert "now spans 8 steps, the checkpoint's run planned 6" in err
 
 
 def test_second_ctrl_c_stops_at_once_and_keeps_the_last_whole_checkpoint(tmp_path):

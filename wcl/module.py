@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from wcl import optim
 from wcl.callbacks import FiniteLossGuard, LabelledSubsetFile, OnlineKnn
+from wcl.callbacks.checkpoint import keep_cut_epoch_unfinished
 from wcl.callbacks.monitor import is_logging_step
 from wcl.distributed import gather_nograd
 from wcl.errors import ConfigError
@@ -196,6 +197,17 @@ class WCL(LightningModule):
             callbacks.append(OnlineKnn(hp.knn_k, hp.knn_temperature, hp.knn_every_n_epochs))
         return callbacks
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep_cut_epoch_unfinished(self.trainer, checkpoint)  # a max_steps stop mid-epoch resumes mid-epoch
+        checkpoint["schedule_steps"] = getattr(self, "_schedule_steps", None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resumed_schedule_steps = checkpoint.get("schedule_steps")
+
+    def on_train_start(self) -> None:
+        optim.note_schedule_change(self.trainer, getattr(self, "_resumed_schedule_steps", None),
+                                   getattr(self, "_schedule_steps", None), constant=self.hparams.min_lr_factor == 1.0)
+
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """batch: ``{"views": [x1, x2] (B×3×S×S), "index", "label"}`` (+ ``"small"``: crops; ``"true_label"``:
@@ -264,4 +276,5 @@ class WCL(LightningModule):
                            "lars_exclude": True, "lr": hp.online_lr})
         opt = optim.build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, hp.lars_eta, hp.lars_clip)
         sched = optim.warmup_cosine_schedule(opt, self.trainer, hp.warmup_epochs, hp.min_lr_factor)
+        self._schedule_steps = int(self.trainer.estimated_stepping_batches)  # the length the cosine spans
         return {"optimizer": opt, "lr_scheduler": sched}

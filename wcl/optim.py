@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -152,3 +153,16 @@ def warmup_cosine_schedule(opt: torch.optim.Optimizer, trainer: Any, warmup_epoc
     warmup = int(warmup_epochs * steps_per_epoch(trainer))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total, min_factor))
     return {"scheduler": sched, "interval": "step"}
+
+
+def note_schedule_change(trainer: Any, saved: int | None, total: int | None, constant: bool = False) -> None:
+    """One line when a run resumed with ``--ckpt_path`` spans another number of optimizer steps than the run that
+    saved the checkpoint planned (``saved``): the schedule follows the new length from the resume on, so the run
+    does not equal a straight run of either length (the learning rate jumps to the new curve). Nothing when the
+    schedule does not depend on the length (``constant``: no cosine decay)."""
+    if saved is None or total is None or saved == total or constant or not trainer.is_global_zero:
+        return
+    print(f"wcl: warning: the learning-rate schedule now spans {total} steps, the checkpoint's run planned {saved}: "
+          f"from step {trainer.global_step} on the lr follows the {total}-step curve, so this run will not equal a "
+          "straight run (resume with the same trainer.max_steps / max_epochs to continue exactly).",
+          file=sys.stderr, flush=True)

@@ -16,6 +16,29 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
+def keep_cut_epoch_unfinished(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+    """Records an epoch that a stop cut short (``max_steps``, ``max_time``, ``trainer.should_stop``) as unfinished in
+    ``checkpoint``, so ``--ckpt_path`` continues it with its remaining batches.
+
+    Lightning ends such an epoch as if it were complete: it counts it processed and runs the epoch-end hooks, where
+    ``last.ckpt`` is saved. Resumed from that state, Lightning starts the next epoch, whose ``set_epoch`` moves the
+    sampler past the batches of the cut epoch it has not trained on: the resumed run trains on other batches than an
+    uninterrupted one. Here the fit loop's epoch progress is put back to the state a stop after the same step by
+    SIGTERM saves (the epoch started, not processed), from which Lightning resumes in the middle of the epoch and the
+    data module's saved position (:class:`wcl.data.sampling.EpochSampler`) gives its remaining batches.
+    """
+    fit = trainer.fit_loop
+    batches = fit.epoch_loop.batch_progress
+    epochs = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+    if epochs is None or batches.is_last_batch or batches.current.ready >= trainer.num_training_batches:
+        return  # the epoch ran all its batches (or no fit loop state is saved)
+    started = fit.epoch_progress.total.started
+    if started == 0 or fit.epoch_progress.total.processed != started:
+        return  # no epoch, or one that is still running: Lightning saves it as unfinished itself
+    for progress in (epochs["total"], epochs["current"]):
+        progress["processed"] = progress["completed"] = progress["started"] - 1
+
+
 class AtomicCheckpointIO(CheckpointIO):
     """Wraps the strategy's checkpoint writer: every file is written under a temporary name in its folder,
     flushed to disk, then renamed into place, so a kill during a save leaves the previous file intact."""
