@@ -186,6 +186,25 @@ def test_model_help_describes_each_key_with_its_own_text(capsys):
     out = capsys.readouterr().out
     weak = out.split("\n  --model.weak_temperature")[1].split("\n  --model.")[0]
     assert "weak-label loss" in weak and "class defaults, a --config overrides them" in out
+    assert "Set by your --config files" not in out  # no config: the class defaults are the whole story
+
+
+def test_model_and_data_help_end_with_what_the_configs_set(capsys):
+    """``--model.help`` shows the class's defaults (resnet50, width 64); with the quickstart's config on the line it
+    ends with the values that config sets, overlays merged in order."""
+    quick, multicrop = str(ROOT / "configs" / "quickstart.yaml"), str(ROOT / "configs" / "multicrop.yaml")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", quick, "--config", multicrop, "--model.help", "wcl.WCL"])
+    assert exc.value.code in (0, None)
+    out = capsys.readouterr().out
+    page, tail = out.split("Set by your --config files")
+    assert "int, default: 64)" in page
+    assert "\n  --model.backbone resnet18\n" in tail and "\n  --model.width 16\n" in tail
+    assert "\n  --model.cifar_stem true\n" in tail and "--data." not in tail
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs" / "cpu_proxy" / "wcl.yaml"), "--data.help", "wcl.WCLDataModule"])
+    tail = capsys.readouterr().out.split("Set by your --config files")[1]
+    assert "\n  --data.train_per_class 1000\n" in tail and "\n  --data.augment.mean [0.4914, 0.4822, 0.4465]\n" in tail
 
 
 @pytest.mark.parametrize(("configs", "extra", "folder"), [

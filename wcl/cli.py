@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import logging
 import os
 import re
@@ -73,8 +74,8 @@ def help_text(subcommand: str) -> str:
            "predict": "the classes of the config's model and data"}[subcommand]
     return (f"This page lists the trainer's keys. The model's and the data's keys are listed by `{PROG} {subcommand} "
             f"--model.help CLASS` and `--data.help CLASS` ({run}; e.g. `--model.help wcl.WCL`). Those pages show "
-            f"each class's own defaults; a --config sets its own values, and `{PROG} {subcommand} --config FILE "
-            "--print_config` shows every value a run will use.")
+            "each class's own defaults and, with --config files on the same line, end with the values the files set; "
+            f"`{PROG} {subcommand} --config FILE --print_config` shows every value a run will use.")
 
 
 _BOILERPLATE = ("Does not validate", "Subtypes:", "Errors:", "- Expected a <class 'NoneType'>", "Given value",
@@ -398,6 +399,8 @@ def with_run_folder(args: list[str]) -> list[str]:
     ``--trainer.default_root_dir`` on the command line is used as given. Returns ``args`` with the folder added."""
     if any(a.startswith(("--trainer.default_root_dir", "--trainer=")) or a == "--trainer" for a in args):
         return args
+    if any(a in ("-h", "--help") or a.endswith(".help") for a in args):
+        return args  # a help page: no run, and a key after `--model.help CLASS` would be taken as its argument
     files = _config_files(args)
     setting = [(i, root) for i, f in enumerate(files) if (root := _root_dir_of(f))]
     if not setting or setting[-1][0] == len(files) - 1:
@@ -559,6 +562,47 @@ def _quiet() -> None:
         lambda record: not any(ad in record.getMessage() for ad in ("litlogger", "litmodels")))
 
 
+def _config_values(files: list[str], group: str) -> dict[str, Any]:
+    """The ``group`` (``model`` / ``data``) ``init_args`` the ``--config`` files set, merged in order as the parser
+    merges them (a file that a config names for the group is read relative to that config), flattened to
+    ``augment.crop_size``-style keys."""
+    merged: dict[str, Any] = {}
+    for path in files:
+        try:
+            cfg = yaml.safe_load(Path(path).read_text()) or {}
+            section = cfg.get(group) if isinstance(cfg, dict) else None
+            if isinstance(section, str):
+                section = yaml.safe_load((Path(path).parent / section).read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # the parser reports it
+        if isinstance(section, dict) and isinstance(section.get("init_args"), dict):
+            merged.update(_flat(section["init_args"]))
+    return merged
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and "class_path" not in value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _print_config_values(args: list[str]) -> None:
+    """After a ``--model.help`` / ``--data.help`` page, which of its keys the ``--config`` files on the same command
+    line set: the page itself shows the class's own defaults (``resnet50``, ``width 64`` for ``wcl.WCL``)."""
+    files = _config_files(args)
+    for group in ("model", "data"):
+        if f"--{group}.help" not in args or not (values := _config_values(files, group)):
+            continue
+        print("\nSet by your --config files (these replace the defaults above; `--print_config` shows every value "
+              "a run will use):")
+        for key, value in values.items():
+            print(f"  --{group}.{key} {value if isinstance(value, str) else json.dumps(value)}")
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m wcl`` and the ``wcl`` console script."""
     _quiet()
@@ -568,6 +612,10 @@ def main(args: list[str] | None = None) -> None:
                parser_kwargs={"allow_abbrev": False,  # --trainer.max_epoch is a typo, not --trainer.max_epochs
                               **{name: {"description": help_text(name), "allow_abbrev": False}
                                  for name in WCLCLI.subcommands()}})
+    except SystemExit as done:
+        if done.code in (0, None):  # a help page
+            _print_config_values(sys.argv[1:] if args is None else args)
+        raise
     except SIGTERMException as stop:  # SIGTERM or Ctrl-C: last.ckpt was saved; a non-zero exit stops `fit && probe`
         sys.exit(128 + int(getattr(stop, "signum", 15)))
     except Exception as err:
