@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from wcl import optim
 from wcl.callbacks import FiniteLossGuard, LabelledSubsetFile, OnlineKnn
-from wcl.callbacks.checkpoint import keep_cut_epoch_unfinished
+from wcl.callbacks.checkpoint import ResumesWhereItStopped
 from wcl.callbacks.monitor import is_logging_step
 from wcl.distributed import gather_nograd
 from wcl.errors import ConfigError
@@ -23,7 +23,7 @@ from wcl.models.layout import set_layout, to_layout
 from wcl.optim import LRScaling, OptimizerName
 
 
-class WCL(LightningModule):
+class WCL(ResumesWhereItStopped, LightningModule):
     """Weakly Supervised Contrastive Learning (Zheng et al., ICCV 2021); class defaults, a --config overrides them.
 
     ``loss = NT-Xent(g(h1), g(h2)) + weak_weight · swapped weak-label loss(phi(h1), phi(h2))`` over the global
@@ -197,16 +197,8 @@ class WCL(LightningModule):
             callbacks.append(OnlineKnn(hp.knn_k, hp.knn_temperature, hp.knn_every_n_epochs))
         return callbacks
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep_cut_epoch_unfinished(self.trainer, checkpoint)  # a max_steps stop mid-epoch resumes mid-epoch
-        checkpoint["schedule_steps"] = getattr(self, "_schedule_steps", None)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resumed_schedule_steps = checkpoint.get("schedule_steps")
-
-    def on_train_start(self) -> None:
-        optim.note_schedule_change(self.trainer, getattr(self, "_resumed_schedule_steps", None),
-                                   getattr(self, "_schedule_steps", None), constant=self.hparams.min_lr_factor == 1.0)
+    def schedule_is_constant(self) -> bool:
+        return self.hparams.min_lr_factor == 1.0
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

@@ -39,6 +39,33 @@ def keep_cut_epoch_unfinished(trainer: Trainer, checkpoint: dict[str, Any]) -> N
         progress["processed"] = progress["completed"] = progress["started"] - 1
 
 
+class ResumesWhereItStopped:
+    """Mixed into the LightningModules that train (``WCL``, the probe, fine-tuning), so that any checkpoint saver
+    is covered: an epoch cut by a stop is saved unfinished (:func:`keep_cut_epoch_unfinished`), and the schedule's
+    planned length (``self._schedule_steps``, set by ``configure_optimizers``) is saved and compared on resume
+    (:func:`wcl.optim.note_schedule_change`)."""
+
+    _schedule_steps: int | None = None
+    _resumed_schedule_steps: int | None = None
+
+    def schedule_is_constant(self) -> bool:
+        """True when the learning rate does not depend on the run's length (no cosine decay)."""
+        return False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep_cut_epoch_unfinished(self.trainer, checkpoint)  # type: ignore[attr-defined]
+        checkpoint["schedule_steps"] = self._schedule_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resumed_schedule_steps = checkpoint.get("schedule_steps")
+
+    def on_train_start(self) -> None:
+        from wcl.optim import note_schedule_change
+
+        note_schedule_change(self.trainer, self._resumed_schedule_steps, self._schedule_steps,  # type: ignore
+                             constant=self.schedule_is_constant())
+
+
 class AtomicCheckpointIO(CheckpointIO):
     """Wraps the strategy's checkpoint writer: every file is written under a temporary name in its folder,
     flushed to disk, then renamed into place, so a kill during a save leaves the previous file intact."""

@@ -14,11 +14,11 @@ from lightning.pytorch import Callback, LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from wcl.callbacks.checkpoint import keep_cut_epoch_unfinished
+from wcl.callbacks.checkpoint import ResumesWhereItStopped
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
 from wcl.models.layout import set_layout, to_layout
-from wcl.optim import global_batch_size, note_schedule_change, param_groups, scaled_lr, warmup_cosine
+from wcl.optim import global_batch_size, param_groups, scaled_lr, warmup_cosine
 
 
 def check_ranges(lr: float, momentum: float, weight_decay: float) -> None:
@@ -31,7 +31,7 @@ def check_ranges(lr: float, momentum: float, weight_decay: float) -> None:
         raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
 
 
-class _SupervisedEval(LightningModule):
+class _SupervisedEval(ResumesWhereItStopped, LightningModule):
     """Backbone from ``checkpoint`` + a linear classifier; metrics and optimisation shared by both protocols."""
 
     def __init__(self, checkpoint: str, num_classes: int | None, lr: float, momentum: float, weight_decay: float,
@@ -81,17 +81,6 @@ class _SupervisedEval(LightningModule):
 
         cached = getattr(self.hparams, "mode", None) == "cached"
         return [LabelledSubsetFile(), *([CachedFeatures()] if cached else [])]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep_cut_epoch_unfinished(self.trainer, checkpoint)  # a max_steps stop mid-epoch resumes mid-epoch
-        checkpoint["schedule_steps"] = getattr(self, "_schedule_steps", None)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._resumed_schedule_steps = checkpoint.get("schedule_steps")
-
-    def on_train_start(self) -> None:
-        note_schedule_change(self.trainer, getattr(self, "_resumed_schedule_steps", None),
-                             getattr(self, "_schedule_steps", None))
 
     def param_groups(self) -> list[dict]:
         raise NotImplementedError
