@@ -45,19 +45,25 @@ def _exported(capsys, ckpt: Path, out: Path):
     return scope["m"].eval()
 
 
-@pytest.mark.parametrize("kind", list(BACKBONES))
-def test_backbone_pretrains_resumes_exactly_probes_finetunes_and_exports(kind, tmp_path, capsys):
-    args = [*PRETRAIN, *BACKBONES[kind]]
-    main(["fit", *args, "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path / "straight")])
-    main(["fit", *args, "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path / "resumed")])
-    main(["fit", *args, "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(tmp_path / "resumed"),
-          "--ckpt_path", "last"])
+def _straight_and_resumed(args: list[str], tmp_path: Path, length: str, stop: int, end: int) -> tuple[dict, dict]:
+    """The last checkpoints of a run straight to ``length`` ``end`` and of one stopped at ``stop`` and resumed to
+    ``end``; both at global step 4 with every floating-point tensor of the model equal."""
+    main(["fit", *args, length, str(end), "--trainer.default_root_dir", str(tmp_path / "straight")])
+    main(["fit", *args, length, str(stop), "--trainer.default_root_dir", str(tmp_path / "resumed")])
+    main(["fit", *args, length, str(end), "--trainer.default_root_dir", str(tmp_path / "resumed"), "--ckpt_path",
+          "last"])
     straight, resumed = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False)
                          for d in ("straight", "resumed"))
     assert straight["global_step"] == resumed["global_step"] == 4
     for key, value in straight["state_dict"].items():
         if value.is_floating_point():
             torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    return straight, resumed
+
+
+@pytest.mark.parametrize("kind", list(BACKBONES))
+def test_backbone_pretrains_resumes_exactly_probes_finetunes_and_exports(kind, tmp_path, capsys):
+    _straight_and_resumed([*PRETRAIN, *BACKBONES[kind]], tmp_path, "--trainer.max_epochs", 1, 2)
     ckpt = tmp_path / "straight" / "checkpoints" / "last.ckpt"
     backbone, arch = load_backbone(ckpt)  # the architecture comes from the checkpoint's hyper-parameters
     assert arch["backbone"] == BACKBONES[kind][1]
@@ -86,17 +92,8 @@ def test_backbone_pretrains_resumes_exactly_probes_finetunes_and_exports(kind, t
 def test_vit_stopped_by_max_steps_mid_epoch_resumes_exactly(tmp_path):
     """max_steps 3 stops in epoch 2 (batch 1 of 2); resumed to max_steps 4, the run trains on the rest of epoch 2
     (not on epoch 3's first batch) and ends with the weights, optimizer state and epoch count of a straight run."""
-    args = [*PRETRAIN, *BACKBONES["timm_vit"]]
-    main(["fit", *args, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(tmp_path / "straight")])
-    main(["fit", *args, "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path / "resumed")])
-    main(["fit", *args, "--trainer.max_steps", "4", "--trainer.default_root_dir", str(tmp_path / "resumed"),
-          "--ckpt_path", "last"])
-    straight, resumed = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False)
-                         for d in ("straight", "resumed"))
-    assert straight["global_step"] == resumed["global_step"] == 4
-    for key, value in straight["state_dict"].items():
-        if value.is_floating_point():
-            torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    straight, resumed = _straight_and_resumed([*PRETRAIN, *BACKBONES["timm_vit"]], tmp_path, "--trainer.max_steps",
+                                              3, 4)
     (a,), (b,) = straight["optimizer_states"], resumed["optimizer_states"]
     for i, state in a["state"].items():
         for name, value in state.items():
