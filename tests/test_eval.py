@@ -60,8 +60,8 @@ def test_fraction_sampling_is_balanced_seeded_reproducible():
     assert a.indices != class_balanced_fraction(train, 0.01, seed=4).indices
     counts = torch.bincount(torch.tensor(targets_of(a)), minlength=10)
     assert counts.tolist() == [5] * 10
-    tiny = class_balanced_fraction(train, 0.0001, seed=0)  # rounds to 0: still one per class
-    assert torch.bincount(torch.tensor(targets_of(tiny))).tolist() == [1] * 10
+    with pytest.raises(ConfigError, match="gives no labelled image of 10 of the 10 classes"):
+        class_balanced_fraction(train, 0.0001, seed=0)  # rounds to 0 images a class: refused, not bumped to 1
 
 
 def test_label_fraction_out_of_range():
