@@ -612,12 +612,12 @@ def main(args: list[str] | None = None) -> None:
                parser_kwargs={"allow_abbrev": False,  # --trainer.max_epoch is a typo, not --trainer.max_epochs
                               **{name: {"description": help_text(name), "allow_abbrev": False}
                                  for name in WCLCLI.subcommands()}})
-    except SystemExit as done:
+    except SIGTERMException as stop:  # SIGTERM or Ctrl-C: last.ckpt was saved; a non-zero exit stops `fit && probe`
+        sys.exit(128 + int(getattr(stop, "signum", 15)))
+    except SystemExit as done:  # after SIGTERMException, which is a SystemExit too
         if done.code in (0, None):  # a help page
             _print_config_values(sys.argv[1:] if args is None else args)
         raise
-    except SIGTERMException as stop:  # SIGTERM or Ctrl-C: last.ckpt was saved; a non-zero exit stops `fit && probe`
-        sys.exit(128 + int(getattr(stop, "signum", 15)))
     except Exception as err:
         if (lost := _lost_rank(err)) is not None:
             print(f"wcl: error: {lost}", file=sys.stderr, flush=True)
