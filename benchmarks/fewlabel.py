@@ -19,7 +19,8 @@ seed from those 10,000 images — the same images in pretraining (``wcl_label_gr
 
 SimCLR and WCL pretrain without labels, so one pretraining per seed serves every fraction; WCL with the label
 graph pretrains once per fraction. Every finished piece leaves a file (``<out>/<run>/pretrain.json``,
-``<out>/results/<method>_f<fraction>_e<epochs>_s<seed>.json``) and is not run again.
+``<out>/results/<method>_f<fraction>_e<epochs>_s<seed>.json``) and is not run again; an interrupted pretraining
+continues from its ``last.ckpt`` (its ``train_wall_s`` then counts the resumed part only, ``resumed: true``).
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ def pretrain(method: str, fraction: float, epochs: int, seed: int, args: argpars
     if args.report:
         raise FileNotFoundError(name)
     extra = [a.format(fraction=fraction) for a in extra]  # quality.train passes --data.seed: the subset's seed
-    wall = quality.train(base, epochs, seed, run_dir, args.quick, args.threads, extra)
+    wall, resumed = quality.train(base, epochs, seed, run_dir, args.quick, args.threads, extra)
     done.write_text(json.dumps({"method": method, "fraction": fraction if uses_labels else None, "epochs": epochs,
-                                "seed": seed, "train_wall_s": round(wall, 1), "extra": extra}, indent=1))
+                                "seed": seed, "train_wall_s": round(wall, 1), "resumed": resumed, "extra": extra},
+                               indent=1))
     return ckpt
 
 

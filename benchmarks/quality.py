@@ -18,7 +18,8 @@ here with the same code for every method:
 
 A finished run leaves ``<out>/<method>_e<epochs>_s<seed>/result.json`` and is not run again, so the grid can
 be split over several invocations (``--threads 1`` in two shells uses the 2 cores better than one run with 2
-threads); ``--report`` re-prints the table of the finished runs without starting the missing ones.
+threads); a run interrupted before its result.json (a session's end) continues from its ``last.ckpt`` when the
+command is run again; ``--report`` re-prints the table of the finished runs without starting the missing ones.
 """
 
 from __future__ import annotations
@@ -58,23 +59,26 @@ def data_args(quick: bool) -> dict:
     return args
 
 
-def train(method: str, epochs: int, seed: int, run_dir: Path, quick: bool, threads: int, extra: list[str]) -> float:
-    """Pretrain one model in a subprocess; returns its wall time in seconds."""
+def train(method: str, epochs: int, seed: int, run_dir: Path, quick: bool, threads: int,
+          extra: list[str], resume: bool = True) -> tuple[float, bool]:
+    """Pretrain one model in a subprocess: its wall time in seconds, and whether it continued an interrupted run
+    (a wcl run whose ``last.ckpt`` is there resumes with ``--ckpt_path last``; the time is then this part's only)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    resumed = resume and method != "lightly_simclr" and (run_dir / "checkpoints" / "last.ckpt").is_file()
     if method == "lightly_simclr":
         cmd = [sys.executable, "benchmarks/lightly_simclr.py", "--epochs", str(epochs), "--seed", str(seed),
                "--out", str(run_dir)] + (["--per-class", "64"] if quick else [])
     else:
         cmd = [sys.executable, "-m", "wcl", "fit", *METHODS[method], "--seed_everything", str(seed),
                "--data.seed", str(seed), "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar",
-               "false", "--trainer.default_root_dir", str(run_dir), "--overwrite", "true", "--data.root", ROOT,
-               *extra]
+               "false", "--trainer.default_root_dir", str(run_dir), "--data.root", ROOT, *extra,
+               *(["--ckpt_path", "last"] if resumed else ["--overwrite", "true"])]
         if quick:
             cmd += ["--data.train_per_class", "64", "--data.val_per_class", "50"]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, resumed
 
 
 def evaluate(ckpt: Path, quick: bool, probe_epochs: int) -> dict[str, float]:
@@ -133,8 +137,9 @@ def run_one(method: str, epochs: int, seed: int, args: argparse.Namespace) -> di
     if args.report:
         return None
     extra = [] if method == "lightly_simclr" else args.extra  # --extra is for `python -m wcl fit` only
-    wall = train(method, epochs, seed, run_dir, args.quick, args.threads, extra)
+    wall, resumed = train(method, epochs, seed, run_dir, args.quick, args.threads, extra, resume=not args.rerun)
     result = {"method": method, "epochs": epochs, "seed": seed, "extra": extra, "train_wall_s": round(wall, 1),
+              "resumed": resumed,
               **evaluate(run_dir / "checkpoints" / "last.ckpt", args.quick, args.probe_epochs),
               **training_log(run_dir)}
     result_file.write_text(json.dumps(result, indent=1))
@@ -182,7 +187,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/cpu_proxy"))
     p.add_argument("--root", default=str(CIFAR10), help="CIFAR-10 ImageFolder tree (train/, test/)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, 64 images/class, 50 test/class")
-    p.add_argument("--rerun", action="store_true", help="ignore finished runs' result.json")
+    p.add_argument("--rerun", action="store_true",
+                   help="ignore finished runs' result.json and train them again from the start")
     p.add_argument("--report", action="store_true", help="print the finished runs only; train nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
