@@ -67,17 +67,23 @@ def predict(config: str, ckpt: Path, out: Path, *data: str) -> tuple[str, float,
                      "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false", *data])
 
 
-def normalisation(data_config: str | None) -> dict[str, list[float]]:
-    """``augment.mean`` / ``std`` of a data config (the checkpoint's training normalisation); {} for the defaults."""
-    if data_config is None:
-        return {}
+def training_normalize(ckpt: Path, data_config: str | None) -> dict[str, list[float]]:
+    """``augment.mean`` / ``std`` the checkpoint was trained with: from ``data_config`` if given, else from the
+    ``config.yaml`` its fit saved (``<run>/lightning_logs/version_*/config.yaml``); {} for the data defaults."""
     import yaml
 
-    augment = yaml.safe_load((ROOT / data_config).read_text())["init_args"].get("augment", {})
+    if data_config is not None:
+        augment = yaml.safe_load((ROOT / data_config).read_text())["init_args"].get("augment", {})
+    else:
+        saved = sorted(ckpt.resolve().parent.parent.glob("lightning_logs/version_*/config.yaml"),
+                       key=lambda f: int(f.parent.name[8:]))
+        if not saved:
+            return {}
+        augment = (yaml.safe_load(saved[-1].read_text())["data"].get("init_args", {}).get("augment") or {})
     return {k: augment[k] for k in ("mean", "std") if k in augment}
 
 
-def normalisation_args(norm: dict[str, list[float]]) -> list[str]:
+def normalize_args(norm: dict[str, list[float]]) -> list[str]:
     return [a for k, v in norm.items() for a in (f"--data.augment.{k}", json.dumps(v))]
 
 
@@ -170,8 +176,9 @@ def main() -> None:
     p.add_argument("--checkpoint", help="a wcl checkpoint (default: random quickstart weights; steps 2-3 need one)")
     p.add_argument("--cifar10", default=str(CIFAR10), help="CIFAR-10 as an ImageFolder tree")
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
-    p.add_argument("--data-config", default="configs/cpu_proxy/data.yaml",
-                   help="the data config --checkpoint was trained with: its augment.mean/std normalise every predict")
+    p.add_argument("--data-config", default=None,
+                   help="the data config --checkpoint was trained with: its augment.mean/std normalise every predict "
+                        "(default: those of the config.yaml its fit saved)")
     args = p.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="wcl_explore_bench_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -179,11 +186,11 @@ def main() -> None:
     ckpt = Path(args.checkpoint) if args.checkpoint else random_checkpoint(work / "random.ckpt",
                                                                            4 if args.quick else 16)
     small = ["--data.train_per_class", "20", "--data.val_per_class", "10"] if args.quick else []
-    norm = normalisation(args.data_config if args.checkpoint else None)
-    results["normalisation"] = norm or "the data module's defaults"
+    norm = training_normalize(ckpt, args.data_config) if args.checkpoint else {}
+    results["normalize"] = norm or "the data module's defaults"
 
     stdout, seconds, peak = predict("configs/embed/quickstart.yaml", ckpt, work / "bundled", *small,
-                                    *normalisation_args(norm))
+                                    *normalize_args(norm))
     results["predict_bundled"] = {"train_images_per_s": rate(stdout, "train"), "val_images_per_s": rate(stdout, "val"),
                                   "wall_s": round(seconds, 1), "peak_mb": round(peak)}
     print("predict, bundled:", results["predict_bundled"], flush=True)
@@ -201,7 +208,7 @@ def main() -> None:
         # every training image (50,000), the protocol's transform; the training loader's in-memory copy is not used
         stdout, seconds, peak = predict("configs/embed/cpu_proxy.yaml", ckpt, work / "cifar10", "--data.root",
                                         args.cifar10, "--data.train_per_class", "null", "--data.in_memory", "false",
-                                        "--data.eval_batch_size", "1000", *normalisation_args(norm))
+                                        "--data.eval_batch_size", "1000", *normalize_args(norm))
         results["predict_cifar10"] = {"train_images_per_s": rate(stdout, "train"), "wall_s": round(seconds, 1),
                                       "peak_mb": round(peak)}
         print("predict, CIFAR-10:", results["predict_cifar10"], flush=True)

@@ -108,22 +108,28 @@ def evaluate(ckpt: Path, quick: bool, probe_epochs: int) -> dict[str, float]:
 
 
 def training_log(run_dir: Path) -> dict:
-    """Per-epoch online kNN and weak-label purity of a wcl run (from its CSV log), and its images/s."""
-    files = sorted(run_dir.glob("lightning_logs/version_*/metrics.csv"))
-    if not files:
-        return {}
+    """Per-epoch online kNN and weak-label purity of a wcl run (from its CSV logs), and its last images/s.
+
+    A resumed run logs into a new ``version_N``: the versions are read in order, a later one's epochs replacing
+    an earlier one's."""
+    files = sorted(run_dir.glob("lightning_logs/version_*/metrics.csv"), key=lambda f: int(f.parent.name[8:]))
     purity: dict[int, list[float]] = {}
     knn: dict[int, float] = {}
     ips = None
-    with files[-1].open() as f:
-        for row in csv.DictReader(f):
-            epoch = int(row["epoch"]) + 1 if row.get("epoch") else None
-            if row.get("weak_labels/purity"):
-                purity.setdefault(epoch, []).append(float(row["weak_labels/purity"]))
-            if row.get("val/knn_top1"):
-                knn[epoch] = float(row["val/knn_top1"])
-            if row.get("train/images_per_second"):
-                ips = float(row["train/images_per_second"])
+    for file in files:
+        this_purity: dict[int, list[float]] = {}
+        with file.open() as f:
+            for row in csv.DictReader(f):
+                epoch = int(row["epoch"]) + 1 if row.get("epoch") else None
+                if row.get("weak_labels/purity"):
+                    this_purity.setdefault(epoch, []).append(float(row["weak_labels/purity"]))
+                if row.get("val/knn_top1"):
+                    knn[epoch] = float(row["val/knn_top1"])
+                if row.get("train/images_per_second"):
+                    ips = float(row["train/images_per_second"])
+        purity.update(this_purity)
+    if not files:
+        return {}
     return {"purity_by_epoch": {e: statistics.fmean(v) for e, v in sorted(purity.items())},
             "online_knn_by_epoch": knn, "images_per_second": ips}
 

@@ -191,7 +191,7 @@ def test_model_help_describes_each_key_with_its_own_text(capsys):
 
 def test_model_and_data_help_end_with_what_the_configs_set(capsys):
     """``--model.help`` shows the class's defaults (resnet50, width 64); with the quickstart's config on the line it
-    ends with the values that config sets, overlays merged in order."""
+    ends with the values that config sets, overlays merged in order (also after ``--data.help=CLASS``)."""
     quick, multicrop = str(ROOT / "configs" / "quickstart.yaml"), str(ROOT / "configs" / "multicrop.yaml")
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", quick, "--config", multicrop, "--model.help", "wcl.WCL"])
@@ -202,7 +202,7 @@ def test_model_and_data_help_end_with_what_the_configs_set(capsys):
     assert "\n  --model.backbone resnet18\n" in tail and "\n  --model.width 16\n" in tail
     assert "\n  --model.cifar_stem true\n" in tail and "--data." not in tail
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(ROOT / "configs" / "cpu_proxy" / "wcl.yaml"), "--data.help", "wcl.WCLDataModule"])
+        main(["fit", "--config", str(ROOT / "configs" / "cpu_proxy" / "wcl.yaml"), "--data.help=wcl.WCLDataModule"])
     tail = capsys.readouterr().out.split("Set by your --config files")[1]
     assert "\n  --data.train_per_class 1000\n" in tail and "\n  --data.augment.mean [0.4914, 0.4822, 0.4465]\n" in tail
 
@@ -242,7 +242,7 @@ def test_every_checkpoint_the_docs_name_is_written_by_a_documented_fit(monkeypat
 
     monkeypatch.chdir(ROOT)
     lines = _documented_lines()
-    named = {m.group(1) for line in lines for m in re.finditer(r"(runs/[\w.+-]+)/checkpoints", line)}
+    named = {m.group(1) for line in lines for m in re.finditer(r"(runs/[\w.+/-]+?)/checkpoints", line)}
     written = set()
     for line in lines:
         if not line.startswith("python -m wcl fit ") or "--model.checkpoint" in line:
@@ -254,6 +254,7 @@ def test_every_checkpoint_the_docs_name_is_written_by_a_documented_fit(monkeypat
             roots = [r for f in _config_files(args) if (r := _root_dir_of(f))]
             written.update(roots[-1:])
     assert "runs/quickstart" in written and "runs/cifar10_wcl+10pct+label_graph" in written
+    assert {"runs/quickstart", "runs/cifar10_wcl+1pct+label_graph"} <= named  # the pattern finds what it checks
     assert named <= written, f"checkpoints the docs name but no documented fit writes: {sorted(named - written)}"
 
 

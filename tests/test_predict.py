@@ -86,7 +86,8 @@ def test_predict_embeds_val_and_test_when_both_exist_raw_when_asked(setup, tmp_p
             Image.fromarray(np.full((12, 12, 3), 40 * i, dtype=np.uint8)).save(data / "test" / c / f"t{i}.png")
     main(_args(ckpt, data, tmp_path / "out", "--model.dtype", "float32", "--model.normalize", "false",
                "--data.val_per_class", "2"))
-    assert "val" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert all(f"wcl: {split}: " in out for split in ("train", "val", "test"))  # one throughput line per split
     rows = {split: _read(tmp_path / "out" / "embeddings" / split) for split in ("train", "val", "test")}
     assert {split: x.shape[0] for split, (x, _) in rows.items()} == {"train": 4, "val": 4, "test": 3}
     assert [Path(r[1]).name for r in rows["test"][1][1:]] == ["t0.png", "t1.png", "t0.png"]

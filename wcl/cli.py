@@ -399,7 +399,7 @@ def with_run_folder(args: list[str]) -> list[str]:
     ``--trainer.default_root_dir`` on the command line is used as given. Returns ``args`` with the folder added."""
     if any(a.startswith(("--trainer.default_root_dir", "--trainer=")) or a == "--trainer" for a in args):
         return args
-    if any(a in ("-h", "--help") or a.endswith(".help") for a in args):
+    if any(a in ("-h", "--help") or _is_group_help(a) for a in args):
         return args  # a help page: no run, and a key after `--model.help CLASS` would be taken as its argument
     files = _config_files(args)
     setting = [(i, root) for i, f in enumerate(files) if (root := _root_dir_of(f))]
@@ -590,12 +590,18 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _is_group_help(arg: str, group: str | None = None) -> bool:
+    """``--model.help`` / ``--model.help=CLASS`` (of ``group``, or of any group)."""
+    name = arg.split("=", 1)[0]
+    return name.endswith(".help") and (group is None or name == f"--{group}.help")
+
+
 def _print_config_values(args: list[str]) -> None:
     """After a ``--model.help`` / ``--data.help`` page, which of its keys the ``--config`` files on the same command
     line set: the page itself shows the class's own defaults (``resnet50``, ``width 64`` for ``wcl.WCL``)."""
     files = _config_files(args)
     for group in ("model", "data"):
-        if f"--{group}.help" not in args or not (values := _config_values(files, group)):
+        if not any(_is_group_help(a, group) for a in args) or not (values := _config_values(files, group)):
             continue
         print("\nSet by your --config files (these replace the defaults above; `--print_config` shows every value "
               "a run will use):")

@@ -40,7 +40,7 @@ class ImageData(LightningDataModule):
         augment: the augmentation (crop size and normalisation also define the evaluation view).
         eval_resize: short side before the centre crop in evaluation (default: the crop size).
         train_per_class: keep only the first N training images of each class (also the kNN bank).
-        val_per_class: keep only the first N val images of each class.
+        val_per_class: keep only the first N val images of each class (in ``predict``, of ``test/`` too).
         in_memory: ``true`` — decode the pretraining images once into one uint8 tensor in host memory;
             ``device`` — the same tensor on the training device (with ``augment_on: device``; evaluation images
             too), so no image crosses the host–device link during training. For datasets that fit (CIFAR: 150 MB).
