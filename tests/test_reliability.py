@@ -254,6 +254,17 @@ def test_resume_past_max_steps_and_with_accepted_changes(tmp_path, capsys):
     assert "the learning-rate schedule now spans 6 steps, the checkpoint's run planned 3: from step 3 on" in err
     assert "now spans 8 steps, the checkpoint's run planned 6" in err
 
+    # A model loaded with load_from_checkpoint and trained anew (no ckpt_path) starts its own schedule: no warning.
+    from lightning.pytorch import Trainer
+
+    from wcl import WCL, WCLDataModule
+
+    model = WCL.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu")
+    dm = WCLDataModule(dataset="bundled", train_per_class=4, batch_size=10, num_workers=0)
+    Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, limit_val_batches=0).fit(model, dm)
+    assert "schedule now spans" not in capsys.readouterr().err
+
 
 def test_second_ctrl_c_stops_at_once_and_keeps_the_last_whole_checkpoint(tmp_path):
     """Ctrl-C twice in step 6 (epoch 2 of 4-step epochs): no checkpoint of a half-done step is written; last.ckpt

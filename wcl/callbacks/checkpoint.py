@@ -53,16 +53,21 @@ class ResumesWhereItStopped:
         return False
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
         keep_cut_epoch_unfinished(self.trainer, checkpoint)  # type: ignore[attr-defined]
         checkpoint["schedule_steps"] = self._schedule_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         self._resumed_schedule_steps = checkpoint.get("schedule_steps")
 
     def on_train_start(self) -> None:
         from wcl.optim import note_schedule_change
 
-        note_schedule_change(self.trainer, self._resumed_schedule_steps, self._schedule_steps,  # type: ignore
+        super().on_train_start()  # type: ignore[misc]
+        # Only a resumed fit continues a schedule: a model from ``load_from_checkpoint`` trained anew starts its own.
+        resumed = self._resumed_schedule_steps if self.trainer.ckpt_path else None  # type: ignore[attr-defined]
+        note_schedule_change(self.trainer, resumed, self._schedule_steps,  # type: ignore[attr-defined]
                              constant=self.schedule_is_constant())
 
 
