@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from quality import log_files  # benchmarks/ is the script's folder, so on sys.path
 
 from wcl.explore import DUP_THRESHOLD
 
@@ -75,8 +76,7 @@ def training_normalize(ckpt: Path, data_config: str | None) -> dict[str, list[fl
     if data_config is not None:
         augment = yaml.safe_load((ROOT / data_config).read_text())["init_args"].get("augment", {})
     else:
-        saved = sorted(ckpt.resolve().parent.parent.glob("lightning_logs/version_*/config.yaml"),
-                       key=lambda f: int(f.parent.name[8:]))
+        saved = log_files(ckpt.resolve().parent.parent, "config.yaml")
         if not saved:
             return {}
         augment = (yaml.safe_load(saved[-1].read_text())["data"].get("init_args", {}).get("augment") or {})

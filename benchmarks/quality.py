@@ -107,12 +107,20 @@ def evaluate(ckpt: Path, quick: bool, probe_epochs: int) -> dict[str, float]:
     return {"knn_top1": float(knn[0]["val/knn_top1"]), "linear_top1": float(trainer.callback_metrics["val/top1"])}
 
 
+def log_files(run_dir: Path, name: str) -> list[Path]:
+    """``<run_dir>/lightning_logs/version_N/<name>`` of every fit of a run folder (a resume adds a version), oldest
+    first."""
+    return sorted(run_dir.glob(f"lightning_logs/version_*/{name}"), key=lambda f: int(f.parent.name[len("version_"):]))
+
+
 def training_log(run_dir: Path) -> dict:
     """Per-epoch online kNN and weak-label purity of a wcl run (from its CSV logs), and its last images/s.
 
     A resumed run logs into a new ``version_N``: the versions are read in order, a later one's epochs replacing
     an earlier one's."""
-    files = sorted(run_dir.glob("lightning_logs/version_*/metrics.csv"), key=lambda f: int(f.parent.name[8:]))
+    files = log_files(run_dir, "metrics.csv")
+    if not files:
+        return {}
     purity: dict[int, list[float]] = {}
     knn: dict[int, float] = {}
     ips = None
@@ -128,8 +136,6 @@ def training_log(run_dir: Path) -> dict:
                 if row.get("train/images_per_second"):
                     ips = float(row["train/images_per_second"])
         purity.update(this_purity)
-    if not files:
-        return {}
     return {"purity_by_epoch": {e: statistics.fmean(v) for e, v in sorted(purity.items())},
             "online_knn_by_epoch": knn, "images_per_second": ips}
 
