@@ -21,6 +21,7 @@ SimCLR and WCL pretrain without labels, so one pretraining per seed serves every
 graph pretrains once per fraction. Every finished piece leaves a file (``<out>/<run>/pretrain.json``,
 ``<out>/results/<method>_f<fraction>_e<epochs>_s<seed>.json``) and is not run again; an interrupted pretraining
 continues from its ``last.ckpt`` (its ``train_wall_s`` then counts the resumed part only, ``resumed: true``).
+What an evaluation's trainers write (the probes' ``labelled_subset.txt``) goes to ``<out>/eval/<row>``.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def pretrain(method: str, fraction: float, epochs: int, seed: int, args: argpars
     return ckpt
 
 
-def evaluate(ckpt: Path, fraction: float, seed: int, args: argparse.Namespace) -> dict[str, float]:
-    """kNN (labelled bank), linear probe and fine-tuning, all on the labelled subset of ``fraction``, ``seed``."""
+def evaluate(ckpt: Path, fraction: float, seed: int, args: argparse.Namespace, root: Path) -> dict[str, float]:
+    """kNN (labelled bank), linear probe and fine-tuning, all on the labelled subset of ``fraction``, ``seed``; what
+    the evaluation's trainers write (the probes' ``labelled_subset.txt``) goes under ``root``."""
     from lightning.pytorch import Trainer, seed_everything
 
     from wcl import FineTune, KNNEval, LabelledDataModule, LinearProbe, WCLDataModule
@@ -80,7 +82,8 @@ def evaluate(ckpt: Path, fraction: float, seed: int, args: argparse.Namespace) -
                                        "num_workers")}
     labels = {"label_fraction": fraction, "seed": seed}
     quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "auto",
-             "devices": 1, "enable_checkpointing": False, "num_sanity_val_steps": 0}
+             "devices": 1, "enable_checkpointing": False, "num_sanity_val_steps": 0,
+             "default_root_dir": str(root)}
 
     knn_dm = WCLDataModule(**common, augment=aug, **labels)
     subset_file = ckpt.parent / "labelled_subset.txt"
@@ -122,7 +125,7 @@ def run_one(method: str, fraction: float, epochs: int, seed: int, args: argparse
     if args.report:
         return None
     start = time.perf_counter()
-    scores = evaluate(ckpt, fraction, seed, args)
+    scores = evaluate(ckpt, fraction, seed, args, args.out / "eval" / name)
     result = {"method": method, "fraction": fraction, "epochs": epochs, "seed": seed, **scores,
               "eval_wall_s": round(time.perf_counter() - start, 1),
               "pretrain": json.loads((ckpt.parents[1] / "pretrain.json").read_text())}
