@@ -38,6 +38,7 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's wcl, in the driver as in its `python -m wcl` subprocesses (cwd=REPO)
 CIFAR10 = REPO.parent / "shared" / "datasets" / "cifar10"  # this project's copy; --root for another
 METHODS = {
     "simclr": ["--config", "configs/cpu_proxy/wcl.yaml", "--config", "configs/simclr.yaml"],
@@ -67,17 +68,17 @@ def train(method: str, epochs: int, seed: int, run_dir: Path, quick: bool, threa
     resumed = resume and method != "lightly_simclr" and (run_dir / "checkpoints" / "last.ckpt").is_file()
     if method == "lightly_simclr":
         cmd = [sys.executable, "benchmarks/lightly_simclr.py", "--epochs", str(epochs), "--seed", str(seed),
-               "--out", str(run_dir)] + (["--per-class", "64"] if quick else [])
+               "--out", str(run_dir.resolve())] + (["--per-class", "64"] if quick else [])
     else:
         cmd = [sys.executable, "-m", "wcl", "fit", *METHODS[method], "--seed_everything", str(seed),
                "--data.seed", str(seed), "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar",
-               "false", "--trainer.default_root_dir", str(run_dir), "--data.root", ROOT, *extra,
+               "false", "--trainer.default_root_dir", str(run_dir.resolve()), "--data.root", ROOT, *extra,
                *(["--ckpt_path", "last"] if resumed else ["--overwrite", "true"])]
         if quick:
             cmd += ["--data.train_per_class", "64", "--data.val_per_class", "50"]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env)
+    subprocess.run(cmd, check=True, env=env, cwd=REPO)
     return time.perf_counter() - start, resumed
 
 
@@ -206,7 +207,7 @@ def main() -> None:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="further `python -m wcl fit` arguments for the wcl methods (ablations)")
     args = p.parse_args()
-    ROOT = args.root
+    ROOT = str(Path(args.root).resolve())
     if not (Path(data_args(False)["root"]) / "test").is_dir():
         raise SystemExit(f"CIFAR-10 not found under {data_args(False)['root']} (ImageFolder train/ and test/).")
     torch.set_num_threads(args.threads)
