@@ -27,12 +27,13 @@ def _tracked_changes() -> str:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     # One shared run folder: notebook 01's checkpoints feed 02 and 03, as for a user.
+    # The kernels inherit this environment; PYTHONPATH makes them import this checkout's wcl, not an installed one.
     path = tmp_path_factory.mktemp("notebook_run")
-    os.environ["WCL_NOTEBOOK_FAST"] = "1"
-    os.environ["WCL_NOTEBOOK_RUN"] = str(path)
-    yield path
-    os.environ.pop("WCL_NOTEBOOK_FAST")
-    os.environ.pop("WCL_NOTEBOOK_RUN")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WCL_NOTEBOOK_FAST", "1")
+        env.setenv("WCL_NOTEBOOK_RUN", str(path))
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        yield path
 
 
 def test_notebooks_exist():
