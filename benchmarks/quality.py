@@ -65,14 +65,15 @@ def train(method: str, epochs: int, seed: int, run_dir: Path, quick: bool, threa
     """Pretrain one model in a subprocess: its wall time in seconds, and whether it continued an interrupted run
     (a wcl run whose ``last.ckpt`` is there resumes with ``--ckpt_path last``; the time is then this part's only)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    run_dir = run_dir.resolve()  # the subprocess runs in REPO, the caller maybe elsewhere
     resumed = resume and method != "lightly_simclr" and (run_dir / "checkpoints" / "last.ckpt").is_file()
     if method == "lightly_simclr":
         cmd = [sys.executable, "benchmarks/lightly_simclr.py", "--epochs", str(epochs), "--seed", str(seed),
-               "--out", str(run_dir.resolve())] + (["--per-class", "64"] if quick else [])
+               "--out", str(run_dir)] + (["--per-class", "64"] if quick else [])
     else:
         cmd = [sys.executable, "-m", "wcl", "fit", *METHODS[method], "--seed_everything", str(seed),
                "--data.seed", str(seed), "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar",
-               "false", "--trainer.default_root_dir", str(run_dir.resolve()), "--data.root", ROOT, *extra,
+               "false", "--trainer.default_root_dir", str(run_dir), "--data.root", ROOT, *extra,
                *(["--ckpt_path", "last"] if resumed else ["--overwrite", "true"])]
         if quick:
             cmd += ["--data.train_per_class", "64", "--data.val_per_class", "50"]
