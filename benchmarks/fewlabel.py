@@ -4,7 +4,7 @@ same labelled subset (10 % and 1 % of the labels) by kNN, a linear probe and fin
     python benchmarks/fewlabel.py                                   # 30 epochs, seed 0, 10 % and 1 %, all methods
     python benchmarks/fewlabel.py --seeds 1 --fractions 0.1         # a second seed where the first differs < 1 pt
     python benchmarks/fewlabel.py --quick                           # smoke run (1 epoch on 64 images/class)
-    python benchmarks/fewlabel.py --report                          # the table of the finished runs only
+    python benchmarks/fewlabel.py --report --seeds 0 1              # the finished runs only, with per-seed means
 
 Protocol: configs/cpu_proxy (the first 1,000 images of each CIFAR-10 class, ResNet-18 width 16, batch 256, 30
 epochs; the full test split for evaluation). The labelled subset is ``data.label_fraction`` drawn with the run's
@@ -140,6 +140,14 @@ def print_table(results: list[dict]) -> None:
     for r in sorted(results, key=lambda r: (-r["fraction"], r["seed"], list(METHODS).index(r["method"]))):
         print(f"| {r['method']} | {100 * r['fraction']:g} % ({r['labelled_images']}) | {r['seed']} | "
               f"{100 * r['knn_top1']:.1f} | {100 * r['linear_top1']:.1f} | {100 * r['finetune_top1']:.1f} |")
+    rows: dict[tuple[str, float], list[dict]] = {}
+    for r in results:
+        rows.setdefault((r["method"], r["fraction"]), []).append(r)
+    for (method, fraction), runs in rows.items():
+        if len(runs) > 1:  # each seed labels its own subset: the mean is over subsets as well as over trainings
+            means = [sum(r[k] for r in runs) / len(runs) for k in ("knn_top1", "linear_top1", "finetune_top1")]
+            print(f"| {method} | {100 * fraction:g} % | mean of {len(runs)} | "
+                  + " | ".join(f"{100 * m:.2f}" for m in means) + " |")
 
 
 def main() -> None:
