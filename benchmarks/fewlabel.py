@@ -134,18 +134,21 @@ def run_one(method: str, fraction: float, epochs: int, seed: int, args: argparse
     return result
 
 
+SCORES = ("knn_top1", "linear_top1", "finetune_top1")  # the table's columns, in order
+
+
 def print_table(results: list[dict]) -> None:
     print("| method | labels | seed | kNN top-1 % (labelled bank) | linear top-1 % | fine-tune top-1 % |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in sorted(results, key=lambda r: (-r["fraction"], r["seed"], list(METHODS).index(r["method"]))):
         print(f"| {r['method']} | {100 * r['fraction']:g} % ({r['labelled_images']}) | {r['seed']} | "
-              f"{100 * r['knn_top1']:.1f} | {100 * r['linear_top1']:.1f} | {100 * r['finetune_top1']:.1f} |")
+              + " | ".join(f"{100 * r[k]:.1f}" for k in SCORES) + " |")
     rows: dict[tuple[str, float], list[dict]] = {}
     for r in results:
         rows.setdefault((r["method"], r["fraction"]), []).append(r)
     for (method, fraction), runs in rows.items():
         if len(runs) > 1:  # each seed labels its own subset: the mean is over subsets as well as over trainings
-            means = [sum(r[k] for r in runs) / len(runs) for k in ("knn_top1", "linear_top1", "finetune_top1")]
+            means = [sum(r[k] for r in runs) / len(runs) for k in SCORES]
             print(f"| {method} | {100 * fraction:g} % | mean of {len(runs)} | "
                   + " | ".join(f"{100 * m:.2f}" for m in means) + " |")
 
