@@ -1,5 +1,6 @@
-"""CPU-proxy v1 few-label benchmark: SimCLR, WCL and WCL with the known labels in its graph, each evaluated with the
-same labelled subset (10 % and 1 % of the labels) by kNN, a linear probe and fine-tuning.
+"""CPU-proxy v1 few-label benchmark: SimCLR, WCL and WCL with the known labels in its graph (merging components, or
+as positives without merging), each evaluated with the same labelled subset (10 % and 1 % of the labels) by kNN, a
+linear probe and fine-tuning.
 
     python benchmarks/fewlabel.py                                   # 30 epochs, seed 0, 10 % and 1 %, all methods
     python benchmarks/fewlabel.py --seeds 1 --fractions 0.1         # a second seed where the first differs < 1 pt
@@ -8,17 +9,17 @@ same labelled subset (10 % and 1 % of the labels) by kNN, a linear probe and fin
 
 Protocol: configs/cpu_proxy (the first 1,000 images of each CIFAR-10 class, ResNet-18 width 16, batch 256, 30
 epochs; the full test split for evaluation). The labelled subset is ``data.label_fraction`` drawn with the run's
-seed from those 10,000 images — the same images in pretraining (``wcl_label_graph``: the other images have label
--1 there, ``configs/fewlabel/label_graph.yaml``) and in every evaluation (checked against the pretraining run's
-``labelled_subset.txt``):
+seed from those 10,000 images — the same images in pretraining (``wcl_label_graph`` / ``wcl_label_pairs``: the
+other images have label -1 there, ``configs/fewlabel/label_graph.yaml`` / ``label_pairs.yaml``) and in every
+evaluation (checked against the pretraining run's ``labelled_subset.txt``):
 
 * kNN top-1: ``wcl.KNNEval`` (k = 200, T = 0.1) with the labelled subset as the bank;
 * linear top-1: ``wcl.LinearProbe`` (cached features, 50 epochs) trained on the subset;
 * fine-tune top-1: ``wcl.FineTune`` (configs/fewlabel/finetune_cpu_proxy.yaml: SGD, backbone lr 0.01, classifier
   lr 0.1, crop + flip, 30 epochs) on the subset.
 
-SimCLR and WCL pretrain without labels, so one pretraining per seed serves every fraction; WCL with the label
-graph pretrains once per fraction. Every finished piece leaves a file (``<out>/<run>/pretrain.json``,
+SimCLR and WCL pretrain without labels, so one pretraining per seed serves every fraction; WCL with the labels
+pretrains once per fraction. Every finished piece leaves a file (``<out>/<run>/pretrain.json``,
 ``<out>/results/<method>_f<fraction>_e<epochs>_s<seed>.json``) and is not run again; an interrupted pretraining
 continues from its ``last.ckpt`` (its ``train_wall_s`` then counts the resumed part only, ``resumed: true``).
 What an evaluation's trainers write (the probes' ``labelled_subset.txt``) goes to ``<out>/eval/<row>``.
@@ -44,6 +45,8 @@ METHODS = {  # method → (quality.py method, extra `python -m wcl fit` argument
     "simclr": ("simclr", []),
     "wcl": ("wcl", []),
     "wcl_label_graph": ("wcl", ["--config", "configs/fewlabel/label_graph.yaml",
+                                "--data.label_fraction", "{fraction}"]),
+    "wcl_label_pairs": ("wcl", ["--config", "configs/fewlabel/label_pairs.yaml",
                                 "--data.label_fraction", "{fraction}"]),
 }
 

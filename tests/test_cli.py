@@ -13,7 +13,7 @@ OVERLAYS = {"multicrop.yaml": "quickstart.yaml", "simclr.yaml": "cpu_proxy/wcl.y
             "selfcrops.yaml": "cpu_proxy/wcl.yaml", "imagenet/multicrop.yaml": "imagenet/wcl_resnet50.yaml",
             "official.yaml": "cifar10/wcl.yaml", "cpu_proxy/vit_tiny.yaml": "cpu_proxy/wcl.yaml",
             "fewlabel/10pct.yaml": "cpu_proxy/wcl.yaml", "fewlabel/1pct.yaml": "quickstart.yaml",
-            "fewlabel/label_graph.yaml": "quickstart.yaml"}
+            "fewlabel/label_graph.yaml": "quickstart.yaml", "fewlabel/label_pairs.yaml": "quickstart.yaml"}
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
                  if p.name not in ("data.yaml", "model.yaml") and str(p.relative_to(ROOT / "configs")) not in OVERLAYS)
 

@@ -91,6 +91,8 @@ def test_fraction_giving_some_class_no_labelled_image_is_one_clear_error(tmp_pat
 def test_label_graph_needs_labels_and_the_weak_term(tmp_path, capsys):
     with pytest.raises(ConfigError, match="label_graph .* weak_weight"):
         WCL(weak_weight=0.0, label_graph=True)
+    with pytest.raises(ConfigError, match="label_merge: false .*label_graph is false"):
+        WCL(label_merge=False)
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", QUICK, *TINY, "--model.label_graph", "true", "--trainer.default_root_dir",
               str(tmp_path)])
@@ -111,20 +113,21 @@ def _inputs():
     return v1, v2, known
 
 
-def _rank(rank: int) -> dict:
+def _rank(rank: int, merge: bool) -> dict:
     v1, v2, known = _inputs()
     sl = slice(rank * B, (rank + 1) * B)
     a, b = v1[sl].clone().requires_grad_(), v2[sl].clone().requires_grad_()
-    loss, l1, l2 = WeakLabelLoss(0.2, "torch")(a, b, known=known[sl])
+    loss, l1, l2 = WeakLabelLoss(0.2, "torch", merge_known=merge)(a, b, known=known[sl])
     loss.backward()
     return {"loss": loss.item(), "labels": (l1.tolist(), l2.tolist()), "grad": (a.grad, b.grad)}
 
 
-def test_label_graph_loss_two_ranks_equal_one_process():
-    ranks = run_gloo(_rank, world=WORLD)
+@pytest.mark.parametrize("merge", [True, False], ids=["label_merge", "no_merge"])
+def test_label_graph_loss_two_ranks_equal_one_process(merge):
+    ranks = run_gloo(_rank, merge, world=WORLD)
     v1, v2, known = _inputs()
     a, b = v1.clone().requires_grad_(), v2.clone().requires_grad_()
-    loss, l1, l2 = WeakLabelLoss(0.2, "scipy")(a, b, known=known)
+    loss, l1, l2 = WeakLabelLoss(0.2, "scipy", merge_known=merge)(a, b, known=known)
     (WORLD * loss).backward()  # each rank's loss is its anchors' mean; DDP would average the rank gradients
     assert sum(r["loss"] for r in ranks.values()) / WORLD == pytest.approx(loss.item(), abs=1e-10)
     for r in ranks.values():
@@ -134,7 +137,7 @@ def test_label_graph_loss_two_ranks_equal_one_process():
         torch.testing.assert_close(torch.cat([ranks[k]["grad"][view] for k in range(WORLD)]), grad, rtol=1e-6,
                                    atol=1e-10)
     # The case the rank balancing is for: a singleton component leaves the ranks with unequal anchor counts.
-    assert float(rank_share(l2, B, 0)) != 1.0
+    assert float(rank_share(l2, B, 0, classes=None if merge else known)) != 1.0
     # The labels changed the graph: the plain graph of the same batch differs.
     assert WeakLabelLoss(0.2, "scipy")(v1, v2)[1].tolist() != l1.tolist()
 
@@ -162,17 +165,19 @@ def test_pretrain_with_label_graph_then_finetune_on_the_same_labels(tmp_path, ca
     assert next(fine.rglob("labelled_subset.txt")).read_text().split() == names
 
 
+@pytest.mark.parametrize("merge", [True, False], ids=["label_merge", "no_merge"])
 @pytest.mark.parametrize("crop_weighting", ["anchor", "term"])
 @pytest.mark.parametrize("crops", [0, 2])
-def test_rank_balanced_loss_is_the_global_mean_with_singletons(crops, crop_weighting):
+def test_rank_balanced_loss_is_the_global_mean_with_singletons(crops, crop_weighting, merge):
     """Ranks simulated in one process (each scores its anchors against the global batch): the mean of the rank
     losses is the global-batch loss, although a singleton component leaves the ranks unequal anchor counts."""
     v1, v2, known = _inputs()
-    l1, l2 = weak_labels(v1, known=known), weak_labels(v2, known=known)
+    l1, l2 = (weak_labels(v, known=known, merge_known=merge) for v in (v1, v2))
+    classes = None if merge else known
     g = torch.Generator().manual_seed(5)
     small = torch.randn(crops * WORLD * B, DIM, generator=g, dtype=torch.float64)
     owner = torch.arange(WORLD * B).repeat(crops)  # crop-major, as the module concatenates them
-    kw = {"labels1": l1, "labels2": l2, "crop_weighting": crop_weighting, "rank_balanced": True}
+    kw = {"labels1": l1, "labels2": l2, "crop_weighting": crop_weighting, "rank_balanced": True, "classes": classes}
     ref = weak_label_loss(v1, v2, 0.2, small=small if crops else None, small_owner=owner if crops else None, **kw)
     per_rank = []
     for r in range(WORLD):
@@ -181,10 +186,10 @@ def test_rank_balanced_loss_is_the_global_mean_with_singletons(crops, crop_weigh
         per_rank.append(weak_label_loss(v1[sl], v2[sl], 0.2, v1_all=v1, v2_all=v2, offset=r * B,
                                         small=small[mine] if crops else None,
                                         small_owner=owner[mine] - r * B if crops else None, **kw))
-    assert float(rank_share(l2, B, 0)) != 1.0
+    assert float(rank_share(l2, B, 0, classes=classes)) != 1.0
     assert sum(per_rank).item() / WORLD == pytest.approx(ref.item(), abs=1e-12)
     unbalanced = [weak_label_loss(v1[r * B:(r + 1) * B], v2[r * B:(r + 1) * B], 0.2, v1_all=v1, v2_all=v2,
-                                  offset=r * B, labels1=l1, labels2=l2) for r in range(WORLD)]
+                                  offset=r * B, labels1=l1, labels2=l2, classes=classes) for r in range(WORLD)]
     if not crops:  # without the balancing the mean of the ranks is not the global loss
         assert sum(unbalanced).item() / WORLD != pytest.approx(ref.item(), abs=1e-9)
 

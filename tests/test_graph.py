@@ -98,9 +98,9 @@ def test_stats_purity_counts_pairs():
 
 
 # ---------------------------------------------------------------- known labels in the graph (label_graph)
-def _union_find_reference(nn_index: list[int], labels: list[int]) -> list[int]:
+def _union_find_reference(nn_index: list[int], labels: list[int], merge: bool = True) -> list[int]:
     """The constrained graph by its definition, with explicit loops: every 1-NN edge except those between labelled
-    samples of different classes, plus an edge between every two labelled samples of one class."""
+    samples of different classes, plus (``merge``) an edge between every two labelled samples of one class."""
     n = len(nn_index)
     parent = list(range(n))
 
@@ -117,7 +117,7 @@ def _union_find_reference(nn_index: list[int], labels: list[int]) -> list[int]:
         if labels[i] < 0 or labels[j] < 0 or labels[i] == labels[j]:
             union(i, j)
         for k in range(n):
-            if labels[i] >= 0 and labels[k] == labels[i]:
+            if merge and labels[i] >= 0 and labels[k] == labels[i]:
                 union(i, k)
     roots = [find(i) for i in range(n)]
     order = {r: k for k, r in enumerate(sorted(set(roots)))}
@@ -139,18 +139,22 @@ def test_label_constraints_hand_built():
     assert _union_find_reference(nn_index.tolist(), labels.tolist()) == expected
     # Without the labels 2–3 were one component with 0–1 apart: the constraint really changed the partition.
     assert components_scipy(nn_index).tolist() == [0, 0, 1, 1, 2, 2, 2]
+    # Without merging (label_merge: false) only the 2–3 edge goes: 2 and 3 alone, 6 stays with 4–5.
+    assert components_scipy(kept).tolist() == components_torch(kept).tolist() == [0, 0, 1, 2, 3, 3, 3]
+    assert _union_find_reference(nn_index.tolist(), labels.tolist(), merge=False) == [0, 0, 1, 2, 3, 3, 3]
 
 
+@pytest.mark.parametrize("merge", [True, False])
 @pytest.mark.parametrize("backend", ["scipy", "torch"])
-def test_label_graph_matches_union_find_reference(backend):
+def test_label_graph_matches_union_find_reference(backend, merge):
     g = torch.Generator().manual_seed(11)
     for trial in range(120):
         n = int(torch.randint(2, 48, (1,), generator=g))
         v = torch.randn(n, 3, generator=g)
         labels = torch.randint(0, 4, (n,), generator=g)
         labels[torch.rand(n, generator=g) < float(torch.rand(1, generator=g))] = -1
-        ref = _union_find_reference(nearest_neighbors(v).tolist(), labels.tolist())
-        assert weak_labels(v, backend=backend, known=labels).tolist() == ref, trial
+        ref = _union_find_reference(nearest_neighbors(v).tolist(), labels.tolist(), merge)
+        assert weak_labels(v, backend=backend, known=labels, merge_known=merge).tolist() == ref, trial
 
 
 def test_label_graph_unlabelled_rows_and_empty_batch_unchanged():

@@ -9,14 +9,17 @@ from wcl.losses import contrastive_loss, nt_xent_loss, weak_label_loss
 
 
 def _loop_supcon(x: torch.Tensor, positives: list[list[int]], tau: float) -> float:
-    """Reference: mean over anchors of -(1/|P|) Σ_p log(exp(s_ip) / Σ_{k≠i} exp(s_ik)), plain Python loops."""
+    """Reference: mean over anchors with a positive of -(1/|P|) Σ_p log(exp(s_ip) / Σ_{k≠i} exp(s_ik)), plain
+    Python loops."""
     x = F.normalize(x.double(), dim=1)
     n = x.shape[0]
     total = 0.0
     for i in range(n):
+        if not positives[i]:
+            continue
         denom = sum(math.exp(float(x[i] @ x[k]) / tau) for k in range(n) if k != i)
         total += -sum(math.log(math.exp(float(x[i] @ x[p]) / tau) / denom) for p in positives[i]) / len(positives[i])
-    return total / n
+    return total / sum(1 for p in positives if p)
 
 
 def test_nt_xent_hand_computed_two_pairs():
@@ -64,6 +67,29 @@ def test_weak_label_loss_matches_loop_reference_swapped():
     if y1 != y2:
         unswapped = 0.5 * (_loop_supcon(v1, members(y1), 0.2) + _loop_supcon(v2, members(y2), 0.2))
         assert unswapped != pytest.approx(ref, rel=1e-6)
+
+
+def test_weak_label_loss_with_known_classes_matches_loop_reference():
+    """label_merge: false — positives are the other members of the component or labelled samples of one class."""
+    g = torch.Generator().manual_seed(3)
+    v1, v2 = torch.randn(12, 4, generator=g, dtype=torch.float64), torch.randn(12, 4, generator=g, dtype=torch.float64)
+    classes = torch.tensor([0, -1, 1, 0, -1, 1, -1, 0, 2, -1, -1, 1])
+    y1, y2 = (weak_labels(v, known=classes, merge_known=False).tolist() for v in (v1, v2))
+
+    def members(labels):
+        return [[j for j in range(12) if j != i and (labels[j] == labels[i] or classes[i] == classes[j] >= 0)]
+                for i in range(12)]
+
+    # Sample 8, the only one of class 2, lost its edge to a labelled sample of another class: an anchor with no
+    # positive, left out of the mean.
+    assert [] in members(y2)
+    ref = 0.5 * (_loop_supcon(v1, members(y2), 0.2) + _loop_supcon(v2, members(y1), 0.2))
+    kw = {"labels1": torch.tensor(y1), "labels2": torch.tensor(y2)}
+    assert weak_label_loss(v1, v2, 0.2, classes=classes, **kw).item() == pytest.approx(ref, rel=1e-6)
+    assert weak_label_loss(v1, v2, 0.2, **kw).item() != pytest.approx(ref, rel=1e-6)  # the classes changed it
+    # Unknown classes everywhere: the plain weak-label loss.
+    assert weak_label_loss(v1, v2, 0.2, classes=torch.full((12,), -1), **kw).item() == pytest.approx(
+        weak_label_loss(v1, v2, 0.2, **kw).item(), rel=1e-12)
 
 
 def test_contrastive_loss_skips_anchors_without_positives_and_excludes_self():

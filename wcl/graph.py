@@ -140,12 +140,13 @@ def _number_by_smallest(key: Tensor) -> Tensor:
 
 
 def weak_labels(v: Tensor, backend: GraphBackend = "scipy", chunk_size: int = 4096,
-                known: Tensor | None = None) -> Tensor:
+                known: Tensor | None = None, merge_known: bool = True) -> Tensor:
     """Weak labels of a batch: component id of each sample in its 1-NN graph.
 
     The graph links every sample to its nearest other sample by cosine similarity; edges are undirected. With
     ``known`` labels the graph is constrained first (:func:`label_constraints`; a batch without a labelled sample
-    gives the plain graph's labels).
+    gives the plain graph's labels; ``merge_known=False`` drops the different-class edges only, leaving labelled samples
+    of one class unlinked).
 
     Args:
         v: B×D embeddings (gathered over ranks for the global batch).
@@ -153,6 +154,7 @@ def weak_labels(v: Tensor, backend: GraphBackend = "scipy", chunk_size: int = 40
             ``auto`` (torch on accelerators, scipy on CPU). Both give identical labels.
         chunk_size: rows per similarity chunk.
         known: optional LongTensor[B], the known class of each sample (-1 where unknown).
+        merge_known: link the labelled samples of one class (their components merge), or not.
 
     Returns:
         LongTensor[B] on ``v``'s device; components numbered in the order of their smallest member.
@@ -165,6 +167,7 @@ def weak_labels(v: Tensor, backend: GraphBackend = "scipy", chunk_size: int = 40
     link = None
     if known is not None:
         nn_index, link = label_constraints(nn_index, known.to(nn_index.device))
+        link = link if merge_known else None
     return (components_scipy if backend == "scipy" else components_torch)(nn_index, link)
 
 

@@ -34,12 +34,15 @@ def contrastive_loss(
     anchor_positions: Tensor,
     temperature: float = 0.1,
     anchor_weights: Tensor | None = None,
+    anchor_classes: Tensor | None = None,
+    candidate_classes: Tensor | None = None,
 ) -> Tensor:
     """Masked (supervised) contrastive loss, averaged over anchors that have at least one positive.
 
     For anchor i with similarities s_ij = a_i·c_j / τ (both L2-normalized here):
     ``loss_i = -(1/|P(i)|) Σ_{j∈P(i)} log( exp(s_ij) / Σ_{k≠pos(i)} exp(s_ik) )``
-    where ``P(i) = {j : group(c_j) = group(a_i), j ≠ pos(i)}``.
+    where ``P(i) = {j : group(c_j) = group(a_i), j ≠ pos(i)}`` (∪ ``{j : class(c_j) = class(a_i) ≥ 0, j ≠ pos(i)}``
+    when classes are given).
 
     Args:
         anchors: N×D anchor embeddings.
@@ -51,6 +54,8 @@ def contrastive_loss(
         temperature: τ > 0.
         anchor_weights: optional float[N]; the loss is then ``Σ w_i·loss_i / Σ w_i`` over anchors with a
             positive, instead of the plain mean.
+        anchor_classes, candidate_classes: optional LongTensor[N] / [M], known classes (-1 unknown): an anchor and a
+            candidate of one known class are positives too, whatever their groups.
 
     Returns:
         Scalar loss, float32 (float64 for float64 inputs).
@@ -64,7 +69,10 @@ def contrastive_loss(
         logits = a @ c.T / temperature  # N×M
         cols = torch.arange(c.shape[0], device=c.device)
         is_self = cols[None, :] == anchor_positions[:, None]  # N×M
-        positive = (anchor_groups[:, None] == candidate_groups[None, :]) & ~is_self
+        positive = anchor_groups[:, None] == candidate_groups[None, :]
+        if anchor_classes is not None:
+            positive |= (anchor_classes[:, None] == candidate_classes[None, :]) & (anchor_classes[:, None] >= 0)
+        positive &= ~is_self
         logits = logits.masked_fill(is_self, float("-inf"))
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         num_pos = positive.sum(dim=1)
@@ -140,7 +148,7 @@ def nt_xent_loss(
 def same_view_supcon_loss(v: Tensor, labels: Tensor, temperature: float = 0.1, *,
                           v_all: Tensor | None = None, offset: int = 0,
                           small: Tensor | None = None, small_owner: Tensor | None = None,
-                          crop_weighting: CropWeighting = "anchor") -> Tensor:
+                          crop_weighting: CropWeighting = "anchor", classes: Tensor | None = None) -> Tensor:
     """Supervised-contrastive loss over the same-view similarities of one view.
 
     Args:
@@ -152,6 +160,8 @@ def same_view_supcon_loss(v: Tensor, labels: Tensor, temperature: float = 0.1, *
             among the candidates, its owner's own embedding is one of its positives.
         small_owner: LongTensor[S], local row of each crop's sample.
         crop_weighting: see :func:`crop_anchor_weights`.
+        classes: optional LongTensor[W·B], known classes (-1 unknown): samples of one known class are positives of
+            each other whatever their groups (a crop carries its owner's class).
     """
     v_all = v if v_all is None else v_all
     local = torch.arange(offset, offset + v.shape[0], device=v.device)
@@ -162,7 +172,8 @@ def same_view_supcon_loss(v: Tensor, labels: Tensor, temperature: float = 0.1, *
         local = torch.cat([local, small_owner + offset])
         positions = torch.cat([positions, torch.full_like(small_owner, -1)])
     weights = crop_anchor_weights(v.shape[0], crops, crop_weighting, v.device)
-    return contrastive_loss(anchors, v_all, labels[local], labels, positions, temperature, weights)
+    return contrastive_loss(anchors, v_all, labels[local], labels, positions, temperature, weights,
+                            None if classes is None else classes[local], classes)
 
 
 def weak_label_loss(
@@ -179,6 +190,7 @@ def weak_label_loss(
     small_owner: Tensor | None = None,
     crop_weighting: CropWeighting = "anchor",
     rank_balanced: bool = False,
+    classes: Tensor | None = None,
 ) -> Tensor:
     """The swapped weak-label loss of WCL.
 
@@ -198,35 +210,42 @@ def weak_label_loss(
         crop_weighting: see :func:`crop_anchor_weights`.
         rank_balanced: scale each direction by :func:`rank_share`, so that the mean over ranks is the global-batch
             loss also when some anchors have no positive (singleton components, which only a label graph makes).
+        classes: optional LongTensor[W·B], the known classes of the global batch (-1 unknown): samples of one known
+            class are positives of each other in both directions, whatever their components (the label graph
+            without merging).
     """
     v1_all = v1 if v1_all is None else v1_all
     v2_all = v2 if v2_all is None else v2_all
     labels1 = weak_labels(v1_all.detach()) if labels1 is None else labels1
     labels2 = weak_labels(v2_all.detach()) if labels2 is None else labels2
-    crops = {"small": small, "small_owner": small_owner, "crop_weighting": crop_weighting}
+    crops = {"small": small, "small_owner": small_owner, "crop_weighting": crop_weighting, "classes": classes}
     loss_1 = same_view_supcon_loss(v1, labels2, temperature, v_all=v1_all, offset=offset, **crops)
     loss_2 = same_view_supcon_loss(v2, labels1, temperature, v_all=v2_all, offset=offset, **crops)
     if rank_balanced:
         share = {"local": v1.shape[0], "offset": offset, "crops": 0 if small is None else small.shape[0],
-                 "crop_weighting": crop_weighting}
+                 "crop_weighting": crop_weighting, "classes": classes}
         loss_1 = loss_1 * rank_share(labels2, **share).to(loss_1.dtype)
         loss_2 = loss_2 * rank_share(labels1, **share).to(loss_2.dtype)
     return 0.5 * (loss_1 + loss_2)
 
 
 def rank_share(labels: Tensor, local: int, offset: int, crops: int = 0,
-               crop_weighting: CropWeighting = "anchor") -> Tensor:
+               crop_weighting: CropWeighting = "anchor", classes: Tensor | None = None) -> Tensor:
     """This rank's anchor weight over the mean of every rank's, under the global weak labels ``labels`` ([W·B]).
 
     Each rank averages its loss over its own anchors that have a positive (weight ``D_r``); DDP then averages the
     ranks. Scaling rank r's loss by ``D_r / mean_k D_k`` makes that average the global-batch mean exactly. Every
     ``D_k`` follows from the global labels (a view anchor has a positive iff its component has two members; a
     crop always has its owner), so no communication is needed; the factor is 1 when no component is a singleton.
-    ``crops``: crop anchors per rank (the same on every rank).
+    ``crops``: crop anchors per rank (the same on every rank); ``classes``: the known classes given to the loss (a
+    labelled anchor also has a positive when another sample of its class is in the batch).
     """
     world = labels.shape[0] // local
     sizes = torch.zeros_like(labels).scatter_add_(0, labels, torch.ones_like(labels))  # bincount would sync on CUDA
-    has_pos = (sizes[labels] >= 2).view(world, local).sum(1).double()
+    has_pos = sizes[labels] >= 2
+    if classes is not None:  # a W·B × W·B comparison, small at batch sizes
+        has_pos |= (classes >= 0) & ((classes[:, None] == classes[None, :]).sum(1) >= 2)
+    has_pos = has_pos.view(world, local).sum(1).double()
     if crop_weighting == "term" and crops > 0:
         weight = 0.5 * has_pos / local + 0.5
     else:
@@ -261,15 +280,19 @@ class WeakLabelLoss(nn.Module):
     ``torch.no_grad()`` (its ``concat_all_gather`` puts the local tensor back in its slot, but the concatenation is
     still a constant), so only the anchors carry gradient — on one process too, where this about halves the gradient
     of the term compared with the one through anchors and candidates (``candidates_grad=True``).
+
+    ``merge_known`` (with ``known`` labels in ``forward``): true links the labelled samples of one class in the graph,
+    merging their components; false leaves the components of the 1-NN graph (different-class edges still dropped)
+    and makes the labelled samples of one class positives of each other in the loss only.
     """
 
     def __init__(self, temperature: float = 0.1, graph_backend: GraphBackend = "auto", candidates_grad: bool = True,
-                 crop_weighting: CropWeighting = "anchor") -> None:
+                 crop_weighting: CropWeighting = "anchor", merge_known: bool = True) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature, self.graph_backend = temperature, graph_backend
-        self.candidates_grad, self.crop_weighting = candidates_grad, crop_weighting
+        self.candidates_grad, self.crop_weighting, self.merge_known = candidates_grad, crop_weighting, merge_known
 
     def forward(self, v1: Tensor, v2: Tensor, small: Tensor | None = None,
                 small_owner: Tensor | None = None, known: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -282,10 +305,11 @@ class WeakLabelLoss(nn.Module):
         else:  # the official code: every candidate a constant, this rank's own included (class docstring)
             v1_all, v2_all = gather_nograd(v1).detach(), gather_nograd(v2).detach()
         known_all = None if known is None else gather_nograd(known.to(v1.device))
-        labels1 = weak_labels(v1_all.detach(), self.graph_backend, known=known_all)
-        labels2 = weak_labels(v2_all.detach(), self.graph_backend, known=known_all)
+        labels1, labels2 = (weak_labels(v.detach(), self.graph_backend, known=known_all, merge_known=self.merge_known)
+                            for v in (v1_all, v2_all))
         loss = weak_label_loss(v1, v2, self.temperature, v1_all=v1_all, v2_all=v2_all,
                                offset=rank_offset(v1.shape[0]), labels1=labels1, labels2=labels2,
                                small=small, small_owner=small_owner, crop_weighting=self.crop_weighting,
-                               rank_balanced=known_all is not None)
+                               rank_balanced=known_all is not None,
+                               classes=None if self.merge_known else known_all)
         return loss, labels1, labels2

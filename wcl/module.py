@@ -58,6 +58,10 @@ class WCL(ResumesWhereItStopped, LightningModule):
             the weak-label graph of the global batch: labelled samples of one class are linked, a 1-NN edge between
             labelled samples of different classes is dropped (:func:`wcl.graph.label_constraints`). This project's
             extension, not the paper's; off by default.
+        label_merge: with ``label_graph``, true links the labelled samples of one class in the graph (their
+            components merge, with every unlabelled member); false keeps the components of the 1-NN graph (different-
+            class edges still dropped) and makes the labelled samples of one class positives of each other in the
+            weak-label loss only.
         candidates_grad: true: the gradient of the global-batch loss, through anchors and every candidate of
             every rank. false: the official code's — in NT-Xent other ranks' embeddings are constants; in the
             weak-label loss every candidate is (this rank's own too), so that term's gradient flows through its
@@ -111,6 +115,7 @@ class WCL(ResumesWhereItStopped, LightningModule):
         weak_warmup_epochs: float = 0.0,
         graph_backend: GraphBackend = "auto",
         label_graph: bool = False,
+        label_merge: bool = True,
         candidates_grad: bool = True,
         crop_losses: Literal["both", "nce", "weak"] = "both",
         crop_weighting: CropWeighting = "anchor",
@@ -160,6 +165,9 @@ class WCL(ResumesWhereItStopped, LightningModule):
         if label_graph and weak_weight == 0:
             raise ConfigError("model.label_graph puts the known labels into the weak-label graph, but model.weak_weight"
                               " is 0 (SimCLR mode, no graph); set a weak_weight > 0 or label_graph: false.")
+        if not label_merge and not label_graph:
+            raise ConfigError("model.label_merge: false changes how the known labels enter the weak-label graph, but "
+                              "model.label_graph is false; set --model.label_graph true (or leave label_merge true).")
         self.save_hyperparameters()
         self.backbone = build_backbone(backbone, width, cifar_stem, backbone_args)
         feat_dim = self.backbone.out_dim
@@ -167,8 +175,8 @@ class WCL(ResumesWhereItStopped, LightningModule):
         # SimCLR mode (weak_weight 0) has no phi: an unused head would also leave DDP gradient buckets unreduced.
         self.phi = ProjectionHead(feat_dim, weak_hidden_dim, weak_out_dim, weak_layers) if weak_weight > 0 else None
         self.nce_loss = NTXentLoss(temperature, candidates_grad, crop_weighting)
-        self.weak_loss = WeakLabelLoss(weak_temperature, graph_backend, candidates_grad, crop_weighting) \
-            if self.phi is not None else None
+        self.weak_loss = WeakLabelLoss(weak_temperature, graph_backend, candidates_grad, crop_weighting,
+                                       label_merge) if self.phi is not None else None
         self.classifier = nn.Linear(feat_dim, num_classes) if num_classes else None
         self.online_top1 = MulticlassAccuracy(num_classes, average="micro") if num_classes else None
 
