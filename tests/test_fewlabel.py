@@ -93,6 +93,7 @@ def test_label_graph_needs_labels_and_the_weak_term(tmp_path, capsys):
         WCL(weak_weight=0.0, label_graph=True)
     with pytest.raises(ConfigError, match="label_merge: false .*label_graph is false"):
         WCL(label_merge=False)
+    assert WCL(width=4, label_graph=True, label_merge=False).weak_loss.merge_known is False
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--config", QUICK, *TINY, "--model.label_graph", "true", "--trainer.default_root_dir",
               str(tmp_path)])
