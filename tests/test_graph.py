@@ -140,6 +140,8 @@ def test_label_constraints_hand_built():
     # Without the labels 2–3 were one component with 0–1 apart: the constraint really changed the partition.
     assert components_scipy(nn_index).tolist() == [0, 0, 1, 1, 2, 2, 2]
     # Without merging (label_merge: false) only the 2–3 edge goes: 2 and 3 alone, 6 stays with 4–5.
+    kept_only, no_link = label_constraints(nn_index, labels, merge=False)
+    assert torch.equal(kept_only, kept) and no_link is None
     assert components_scipy(kept).tolist() == components_torch(kept).tolist() == [0, 0, 1, 2, 3, 3, 3]
     assert _union_find_reference(nn_index.tolist(), labels.tolist(), merge=False) == [0, 0, 1, 2, 3, 3, 3]
 

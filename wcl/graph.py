@@ -43,27 +43,31 @@ def nearest_neighbors(v: Tensor, chunk_size: int = 4096) -> Tensor:
     return out
 
 
-def label_constraints(nn_index: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def label_constraints(nn_index: Tensor, labels: Tensor, merge: bool = True) -> tuple[Tensor, Tensor | None]:
     """Known labels applied to the 1-NN graph (this project's extension, not the paper's).
 
     A 1-NN edge between two labelled samples of different classes is dropped, and labelled samples of one class are
-    linked (each to the class's first labelled sample: a star connects them like a clique would). Unlabelled rows
-    (label -1) keep their edge.
+    linked (each to the class's first labelled sample: a star connects them like a clique would) unless ``merge`` is
+    false. Unlabelled rows (label -1) keep their edge.
 
     Args:
         nn_index: LongTensor[B], each row's nearest other row.
         labels: LongTensor[B], the known class of each row, -1 where unknown.
+        merge: link the labelled samples of one class; false drops the different-class edges only.
 
     Returns:
-        ``(kept, link)``, both LongTensor[B]: ``kept[i]`` is ``nn_index[i]``, or ``i`` (a self-loop: no edge) where
-        the edge is dropped; ``link[i]`` is the smallest row of ``i``'s known class (``i`` when unlabelled). The
-        constrained graph is the undirected graph {i — kept[i]} ∪ {i — link[i]}.
+        ``(kept, link)``, LongTensor[B] each: ``kept[i]`` is ``nn_index[i]``, or ``i`` (a self-loop: no edge) where
+        the edge is dropped; ``link[i]`` is the smallest row of ``i``'s known class (``i`` when unlabelled), or
+        ``link`` is None without ``merge``. The constrained graph is the undirected graph {i — kept[i]} ∪
+        {i — link[i]}.
     """
     b = nn_index.shape[0]
     rows = torch.arange(b, device=nn_index.device)
     known = labels >= 0
     other = labels[nn_index]
     kept = torch.where(known & (other >= 0) & (other != labels), rows, nn_index)
+    if not merge:
+        return kept, None
     same = (labels[:, None] == labels[None, :]) & known[None, :]  # B×B; a labelled row has a True at its own column
     link = torch.where(known, same.to(torch.uint8).argmax(dim=1), rows)  # argmax: the first True
     return kept, link
@@ -166,8 +170,7 @@ def weak_labels(v: Tensor, backend: GraphBackend = "scipy", chunk_size: int = 40
     nn_index = nearest_neighbors(v.detach(), chunk_size)
     link = None
     if known is not None:
-        nn_index, link = label_constraints(nn_index, known.to(nn_index.device))
-        link = link if merge_known else None
+        nn_index, link = label_constraints(nn_index, known.to(nn_index.device), merge_known)
     return (components_scipy if backend == "scipy" else components_torch)(nn_index, link)
 
 
