@@ -75,6 +75,17 @@ def test_predict_writes_every_split_in_dataset_order(setup, capsys):
     assert val.shape == (3, 32)
 
 
+def test_predict_prints_plain_progress_into_a_pipe(setup, tmp_path):
+    """Output to a pipe (a log file, CI) gets the plain progress lines, bar on as a user leaves it."""
+    ckpt, data, _ = setup
+    args = [a for a in _args(ckpt, data, tmp_path / "out", "--trainer.log_every_n_steps", "1")
+            if a not in ("--trainer.enable_progress_bar", "false")]
+    proc = subprocess.run([sys.executable, "-m", "wcl", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "predict loader 1/2 batch 3/3" in proc.stdout and "predict loader 2/2 batch 1/1" in proc.stdout
+    assert (tmp_path / "out" / "embeddings" / "val" / "embeddings.npy").is_file()
+
+
 def test_predict_embeds_val_and_test_when_both_exist_raw_when_asked(setup, tmp_path, capsys):
     """An image folder with train/, val/ and test/ gets one file set each (val_per_class applies to both held-out
     folders); ``normalize false`` keeps the backbone's own scale."""

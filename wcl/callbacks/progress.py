@@ -71,7 +71,7 @@ class PlainProgress(ProgressBar):
 
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
-        n, total = self.every_n_steps or trainer.log_every_n_steps, self.total_predict_batches_current_dataloader
+        n, total = self.every_n_steps or trainer.log_every_n_steps, trainer.num_predict_batches[dataloader_idx]
         if n > 0 and ((batch_idx + 1) % n == 0 or batch_idx + 1 == total):
             loaders = len(trainer.num_predict_batches)
             self._print(trainer, f"predict loader {dataloader_idx + 1}/{loaders} batch {batch_idx + 1}/{total}")
