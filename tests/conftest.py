@@ -9,6 +9,21 @@ ROOT = Path(__file__).resolve().parents[1]
 CIFAR10 = ROOT.parent / "shared" / "datasets" / "cifar10"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="also run the long end-to-end tests (marked slow): subprocess runs of the quickstart, "
+                          "notebooks, launches, fault injection, multi-process runs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="long end-to-end test: pytest --slow runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _two_threads():
     # The suite runs on 2 cores; keep tests from oversubscribing them.
