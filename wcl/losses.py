@@ -106,6 +106,7 @@ def nt_xent_loss(
     small: Tensor | None = None,
     small_owner: Tensor | None = None,
     crop_weighting: CropWeighting = "anchor",
+    small_mask: Tensor | None = None,
 ) -> Tensor:
     """SimCLR NT-Xent over B pairs: 2B anchors; the positive of each is the other view of the same sample,
     the negatives are the other 2B-2 embeddings. Mean over anchors.
@@ -121,6 +122,9 @@ def nt_xent_loss(
         offset: row of this rank's first sample in the global batch.
         small: S×D projections of this rank's low-resolution crops.
         small_owner: LongTensor[S], local row (0..B-1) of each crop's sample.
+        small_mask: optional bool[S]: only the crops it marks are anchors (crops cut from their owner's own image,
+            say); the others weigh 0 but still count in the mean, so the term is the same sum over every crop slot
+            on any number of ranks.
     """
     z1_all = z1 if z1_all is None else z1_all
     z2_all = z2 if z2_all is None else z2_all
@@ -134,15 +138,20 @@ def nt_xent_loss(
         anchors.append(small)
         groups.append(small_owner + offset)
         positions.append(torch.full_like(small_owner, -1))
-    return contrastive_loss(
+    weights = crop_anchor_weights(2 * b, crops, crop_weighting, dev)
+    kept = weights
+    if crops and small_mask is not None:
+        kept = weights * torch.cat([torch.ones(2 * b, device=dev), small_mask.to(weights.dtype)])
+    loss = contrastive_loss(
         anchors=torch.cat(anchors),
         candidates=torch.cat([z1_all, z2_all]),
         anchor_groups=torch.cat(groups),
         candidate_groups=torch.cat([global_ids, global_ids]),
         anchor_positions=torch.cat(positions),
         temperature=temperature,
-        anchor_weights=crop_anchor_weights(2 * b, crops, crop_weighting, dev),
+        anchor_weights=kept,
     )
+    return loss if kept is weights else loss * (kept.to(loss.dtype).sum() / weights.to(loss.dtype).sum())
 
 
 def same_view_supcon_loss(v: Tensor, labels: Tensor, temperature: float = 0.1, *,
@@ -265,12 +274,12 @@ class NTXentLoss(nn.Module):
         self.temperature, self.candidates_grad, self.crop_weighting = temperature, candidates_grad, crop_weighting
 
     def forward(self, z1: Tensor, z2: Tensor, small: Tensor | None = None,
-                small_owner: Tensor | None = None) -> Tensor:
-        """z1, z2: B×D local projections (small: S×D crops, small_owner: LongTensor[S] local rows) → scalar
-        loss (DDP's gradient averaging makes it the global mean)."""
+                small_owner: Tensor | None = None, small_mask: Tensor | None = None) -> Tensor:
+        """z1, z2: B×D local projections (small: S×D crops, small_owner: LongTensor[S] local rows, small_mask:
+        bool[S] the crops that are anchors) → scalar loss (DDP's gradient averaging makes it the global mean)."""
         return nt_xent_loss(z1, z2, self.temperature, z1_all=gather(z1, self.candidates_grad),
                             z2_all=gather(z2, self.candidates_grad), offset=rank_offset(z1.shape[0]), small=small,
-                            small_owner=small_owner, crop_weighting=self.crop_weighting)
+                            small_owner=small_owner, crop_weighting=self.crop_weighting, small_mask=small_mask)
 
 
 class WeakLabelLoss(nn.Module):

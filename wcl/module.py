@@ -66,8 +66,9 @@ class WCL(ResumesWhereItStopped, LightningModule):
             every rank. false: the official code's — in NT-Xent other ranks' embeddings are constants; in the
             weak-label loss every candidate is (this rank's own too), so that term's gradient flows through its
             anchors only, on one process as well.
-        crop_losses: which losses the low-resolution crops enter as extra anchors: ``both``, ``nce`` or ``weak``.
-            Measured best: ``both`` for self crops, ``weak`` for neighbour crops (what configs/multicrop.yaml sets).
+        crop_losses: which losses the low-resolution crops enter as extra anchors: ``both``, ``nce``, ``weak``, or
+            ``auto``: a crop cut from its sample's own image enters both, one cut from a neighbour the weak-label
+            loss only (in NT-Xent it would be an instance positive of a sample it was not cut from).
         crop_weighting: ``anchor`` (every anchor weighs the same) or ``term`` (high-resolution anchors and crop
             anchors are averaged separately, each mean half of the loss). Measured level with 2 crops per sample.
         optimizer: ``lars``, ``sgd`` or ``adamw``.
@@ -117,7 +118,7 @@ class WCL(ResumesWhereItStopped, LightningModule):
         label_graph: bool = False,
         label_merge: bool = True,
         candidates_grad: bool = True,
-        crop_losses: Literal["both", "nce", "weak"] = "both",
+        crop_losses: Literal["both", "nce", "weak", "auto"] = "both",
         crop_weighting: CropWeighting = "anchor",
         optimizer: OptimizerName = "lars",
         base_lr: float = 0.075,
@@ -218,7 +219,10 @@ class WCL(ResumesWhereItStopped, LightningModule):
         small, owner = self._crops(batch, h1.shape[0])
         hp = self.hparams
         nce_crops = (self.g(small), owner) if small is not None and hp.crop_losses != "weak" else (None, None)
-        terms = {"loss_nce": self.nce_loss(self.g(h1), self.g(h2), *nce_crops)}
+        own = None
+        if small is not None and hp.crop_losses == "auto":  # crop j of every sample, then crop j + 1: as in _crops
+            own = (batch["crop_source"] == batch["index"][:, None]).T.reshape(-1)
+        terms = {"loss_nce": self.nce_loss(self.g(h1), self.g(h2), *nce_crops, own)}
         loss = terms["loss_nce"]
         if self.phi is not None:
             weak_crops = (self.phi(small), owner) if small is not None and hp.crop_losses != "nce" else (None, None)

@@ -269,10 +269,13 @@ class ShardedKnn:
         return out
 
 
-def neighbor_purity(table: Tensor, labels: Tensor) -> float | None:
-    """Fraction of neighbour entries whose true class equals the sample's (labels -1 = unknown, skipped)."""
-    known = labels >= 0
+def neighbor_purity(table: Tensor, labels: Tensor, mask: Tensor | None = None) -> float | None:
+    """Fraction of neighbour entries whose true class equals the sample's (labels -1 = unknown, skipped); with
+    ``mask`` (bool N×K), of the entries it marks only. None when no entry counts."""
+    known = (labels >= 0)[:, None] & (labels[table] >= 0)
+    if mask is not None:
+        known &= mask
     if not bool(known.any()):
         return None
-    nb = labels[table[known]]
-    return float((nb == labels[known][:, None]).float().mean())
+    same = labels[table] == labels[:, None]
+    return float(same[known].float().mean())

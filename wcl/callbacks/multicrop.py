@@ -20,7 +20,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from wcl.data.crops import NeighborTable
+from wcl.data.crops import NeighborRule, NeighborTable, restrict_neighbors
 from wcl.distributed import gather_nograd
 from wcl.errors import ConfigError
 from wcl.neighbors import KnnBackend, knn_table, neighbor_purity
@@ -73,14 +73,20 @@ class KnnMultiCrop(Callback):
             5.2 GB) on the training device, so writing it never waits for the device; ``cpu`` in host memory.
         save_bank: put the bank in checkpoints (N×D float16), which makes a resume in the middle of an epoch exact;
             without it such a resume gives the samples seen before the stop themselves as neighbours once.
+        rule: which of the K neighbours a crop may be cut from (:func:`wcl.data.crops.restrict_neighbors`):
+            ``all`` (the paper), ``reciprocal``, ``stable`` (also in the previous epoch's K) or ``nearest``; a
+            neighbour the rule drops is replaced by the sample itself.
     """
 
     def __init__(self, k: int = 5, backend: KnnBackend = "faiss", nprobe: int = 16,
-                 bank_device: Literal["auto", "cpu"] = "auto", save_bank: bool = True) -> None:
+                 bank_device: Literal["auto", "cpu"] = "auto", save_bank: bool = True,
+                 rule: NeighborRule = "all") -> None:
         if k < 1 or nprobe < 1:
             raise ConfigError(f"KnnMultiCrop needs k >= 1 and nprobe >= 1, got k={k}, nprobe={nprobe}")
         self.k, self.backend, self.nprobe, self.bank_device, self.save_bank = k, backend, nprobe, bank_device, save_bank
+        self.rule = rule
         self.table: NeighborTable | None = None
+        self.searched: Tensor | None = None  # the last search's table, before the rule
         self.bank: FeatureBank | None = None
         self._labels: Tensor | None = None
         self._pending_bank: dict[str, Tensor] | None = None
@@ -122,16 +128,28 @@ class KnnMultiCrop(Callback):
 
     def _update(self, trainer: Trainer, pl_module: LightningModule) -> None:
         result = self.bank.neighbors(self.k, self.backend, self.nprobe) if self.bank is not None else None
-        table, seconds = trainer.strategy.broadcast(result, src=0)  # rank 0 searches; every rank gets the table
+        searched, seconds = trainer.strategy.broadcast(result, src=0)  # rank 0 searches; every rank gets the table
+        table = restrict_neighbors(searched, self.rule, self.searched)
+        self.searched = searched
         self.table.update(table, trainer.current_epoch)
         # Logged per epoch (on_step logging would drop them unless the step hits log_every_n_steps).
-        pl_module.log("multicrop/knn_seconds", seconds, on_step=False, on_epoch=True, rank_zero_only=True)
-        purity = neighbor_purity(table, self._labels) if self._labels is not None else None
-        if purity is not None:
-            pl_module.log("multicrop/neighbor_purity", purity, on_step=False, on_epoch=True, rank_zero_only=True)
+        log = {"multicrop/knn_seconds": seconds}
+        own = torch.arange(len(table))[:, None]
+        cut_from_neighbor = table != own
+        if self.rule != "all":
+            log["multicrop/neighbor_share"] = float(cut_from_neighbor.float().mean())
+        if self._labels is not None:  # diagnostics against the true classes; nothing reads them back
+            for key, t in (("neighbor_purity", searched), ("kept_purity", table if self.rule != "all" else None)):
+                kept = cut_from_neighbor if key == "kept_purity" else None
+                purity = neighbor_purity(t, self._labels, kept) if t is not None else None
+                if purity is not None:
+                    log[f"multicrop/{key}"] = purity
+        pl_module.log_dict(log, on_step=False, on_epoch=True, rank_zero_only=True)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"table": self.table.table.clone(), "epoch": self.table.epoch} if self.table else {}
+        if self.searched is not None:
+            state["searched"] = self.searched.clone()
         if self.save_bank and self.bank is not None:
             state["bank"] = self.bank.state_dict()
         return state
@@ -139,4 +157,5 @@ class KnnMultiCrop(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.table is not None and "table" in state:
             self.table.update(torch.as_tensor(state["table"]), int(state["epoch"]))
+        self.searched = state.get("searched")
         self._pending_bank = state.get("bank")

@@ -15,6 +15,41 @@ from torch import Tensor
 from wcl.errors import ConfigError
 
 CropOrigin = Literal["self", "neighbors"]
+NeighborRule = Literal["all", "reciprocal", "stable", "nearest"]
+
+
+def restrict_neighbors(table: Tensor, rule: NeighborRule, previous: Tensor | None = None) -> Tensor:
+    """The neighbours a crop may be cut from, by a rule that reads no labels; every neighbour the rule drops is
+    replaced by the sample itself, so that crop is cut from the sample's own image.
+
+    * ``all``: every one of the K neighbours (the paper's KNN multi-crop);
+    * ``reciprocal``: j stays in i's list only if i is in j's list too;
+    * ``stable``: j stays in i's list only if it was there in the ``previous`` epoch's table as well (none stays
+      when there is no previous table), so the neighbour crops grow as the features settle;
+    * ``nearest``: the first neighbour only, in every slot.
+
+    Args:
+        table: LongTensor[N, K], sample i's neighbours by similarity, nearest first (i itself where it has none).
+        rule: one of the above.
+        previous: LongTensor[N, K], the unrestricted table of the epoch before (``stable`` only).
+
+    Returns:
+        LongTensor[N, K] on ``table``'s device.
+    """
+    if rule == "all":
+        return table
+    own = torch.arange(table.shape[0], device=table.device)[:, None].expand_as(table)
+    if rule == "nearest":
+        return table[:, :1].expand_as(table).clone()
+    if rule == "reciprocal":
+        keep = (table[table] == own[..., None]).any(dim=2)  # N×K×K: is i among the neighbours of table[i, k]?
+    elif rule == "stable":
+        if previous is None:
+            return own.clone()
+        keep = (table[..., None] == previous.to(table.device)[:, None, :]).any(dim=2)
+    else:
+        raise ValueError(f"unknown neighbour rule {rule!r}; choose all, reciprocal, stable or nearest")
+    return torch.where(keep, table, own)
 
 
 class NeighborTable:
