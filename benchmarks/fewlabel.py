@@ -1,6 +1,6 @@
 """CPU-proxy v1 few-label benchmark: SimCLR, WCL and WCL with the known labels in its graph (merging components, or
 as positives without merging), each evaluated with the same labelled subset (10 % and 1 % of the labels) by kNN, a
-linear probe and fine-tuning.
+linear probe, fine-tuning and label propagation.
 
     python benchmarks/fewlabel.py                                   # 30 epochs, seed 0, 10 % and 1 %, all methods
     python benchmarks/fewlabel.py --seeds 1 --fractions 0.1         # a second seed where the first differs < 1 pt
@@ -16,11 +16,15 @@ evaluation (checked against the pretraining run's ``labelled_subset.txt``):
 * kNN top-1: ``wcl.KNNEval`` (k = 200, T = 0.1) with the labelled subset as the bank;
 * linear top-1: ``wcl.LinearProbe`` (cached features, 50 epochs) trained on the subset;
 * fine-tune top-1: ``wcl.FineTune`` (configs/fewlabel/finetune_cpu_proxy.yaml: SGD, backbone lr 0.01, classifier
-  lr 0.1, crop + flip, 30 epochs) on the subset.
+  lr 0.1, crop + flip, 30 epochs) on the subset;
+* propagation top-1: ``wcl.PropagationEval`` (configs/fewlabel/propagate_cpu_proxy.yaml): the subset's labels
+  spread over the 50-NN graph of all 10,000 images, each test image classified by the vote of its 200 nearest
+  training images' propagated labels.
 
 SimCLR and WCL pretrain without labels, so one pretraining per seed serves every fraction; WCL with the labels
 pretrains once per fraction. Every finished piece leaves a file (``<out>/<run>/pretrain.json``,
-``<out>/results/<method>_f<fraction>_e<epochs>_s<seed>.json``) and is not run again; an interrupted pretraining
+``<out>/results/<method>_f<fraction>_e<epochs>_s<seed>.json``) and is not run again (a result file without one of
+the scores gets that score added); an interrupted pretraining
 continues from its ``last.ckpt`` (its ``train_wall_s`` then counts the resumed part only, ``resumed: true``).
 What an evaluation's trainers write (the probes' ``labelled_subset.txt``) goes to ``<out>/eval/<row>``.
 """
@@ -41,6 +45,7 @@ import quality  # noqa: E402  (the CPU-proxy protocol's data arguments and pretr
 
 REPO = quality.REPO
 FINETUNE = REPO / "configs" / "fewlabel" / "finetune_cpu_proxy.yaml"
+PROPAGATE = REPO / "configs" / "fewlabel" / "propagate_cpu_proxy.yaml"
 METHODS = {  # method → (quality.py method, extra `python -m wcl fit` arguments, {fraction} filled in)
     "simclr": ("simclr", []),
     "wcl": ("wcl", []),
@@ -71,12 +76,14 @@ def pretrain(method: str, fraction: float, epochs: int, seed: int, args: argpars
     return ckpt
 
 
-def evaluate(ckpt: Path, fraction: float, seed: int, args: argparse.Namespace, root: Path) -> dict[str, float]:
-    """kNN (labelled bank), linear probe and fine-tuning, all on the labelled subset of ``fraction``, ``seed``; what
-    the evaluation's trainers write (the probes' ``labelled_subset.txt``) goes under ``root``."""
+def evaluate(ckpt: Path, fraction: float, seed: int, args: argparse.Namespace, root: Path,
+             scores: tuple[str, ...]) -> dict[str, float]:
+    """The ``scores`` of a checkpoint (kNN with the labelled bank, linear probe, fine-tuning, label propagation),
+    all on the labelled subset of ``fraction``, ``seed``; what the evaluation's trainers write (the probes'
+    ``labelled_subset.txt``) goes under ``root``."""
     from lightning.pytorch import Trainer, seed_everything
 
-    from wcl import FineTune, KNNEval, LabelledDataModule, LinearProbe, WCLDataModule
+    from wcl import FineTune, KNNEval, LabelledDataModule, LinearProbe, PropagationEval, WCLDataModule
     from wcl.data import Augmentations
 
     data = quality.data_args(args.quick)
@@ -87,73 +94,87 @@ def evaluate(ckpt: Path, fraction: float, seed: int, args: argparse.Namespace, r
     quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "auto",
              "devices": 1, "enable_checkpointing": False, "num_sanity_val_steps": 0,
              "default_root_dir": str(root)}
+    out: dict[str, float] = {}
 
     knn_dm = WCLDataModule(**common, augment=aug, **labels)
     subset_file = ckpt.parent / "labelled_subset.txt"
     if subset_file.is_file() and subset_file.read_text().split() != knn_dm.labelled_names():
         raise SystemExit(f"{subset_file} differs from the evaluation's labelled subset: the protocol is broken")
-    knn = Trainer(**quiet).validate(KNNEval(str(ckpt), num_classes=10, k=200, temperature=0.1), knn_dm,
-                                    verbose=False)
-    out = {"knn_top1": float(knn[0]["val/knn_top1"]), "labelled_images": len(knn_dm.labelled_names())}
+    out["labelled_images"] = len(knn_dm.labelled_names())
+    if "knn_top1" in scores:
+        knn = Trainer(**quiet).validate(KNNEval(str(ckpt), num_classes=10, k=200, temperature=0.1), knn_dm,
+                                        verbose=False)
+        out["knn_top1"] = float(knn[0]["val/knn_top1"])
 
-    seed_everything(seed, verbose=False)
-    probe_dm = LabelledDataModule(**common, batch_size=256, augment=aug, train_augment="none", **labels)
-    probe = LinearProbe(str(ckpt), num_classes=10, mode="cached", lr=0.1, momentum=0.9, weight_decay=0.0)
-    trainer = Trainer(**quiet, max_epochs=args.probe_epochs, check_val_every_n_epoch=args.probe_epochs)
-    trainer.fit(probe, probe_dm)
-    out["linear_top1"] = float(trainer.callback_metrics["val/top1"])
+    if "linear_top1" in scores:
+        seed_everything(seed, verbose=False)
+        probe_dm = LabelledDataModule(**common, batch_size=256, augment=aug, train_augment="none", **labels)
+        probe = LinearProbe(str(ckpt), num_classes=10, mode="cached", lr=0.1, momentum=0.9, weight_decay=0.0)
+        trainer = Trainer(**quiet, max_epochs=args.probe_epochs, check_val_every_n_epoch=args.probe_epochs)
+        trainer.fit(probe, probe_dm)
+        out["linear_top1"] = float(trainer.callback_metrics["val/top1"])
 
-    seed_everything(seed, verbose=False)
-    ft = yaml.safe_load(FINETUNE.read_text())
-    ft_dm = LabelledDataModule(**common, batch_size=ft["data"]["init_args"]["batch_size"], augment=aug,
-                               train_augment="crop_flip", **labels)
-    hp = {k: v for k, v in ft["model"]["init_args"].items() if k != "checkpoint"}
-    trainer = Trainer(**quiet, max_epochs=args.finetune_epochs, check_val_every_n_epoch=args.finetune_epochs)
-    trainer.fit(FineTune(str(ckpt), num_classes=10, **hp), ft_dm)
-    out["finetune_top1"] = float(trainer.callback_metrics["val/top1"])
+    if "finetune_top1" in scores:
+        seed_everything(seed, verbose=False)
+        ft = yaml.safe_load(FINETUNE.read_text())
+        ft_dm = LabelledDataModule(**common, batch_size=ft["data"]["init_args"]["batch_size"], augment=aug,
+                                   train_augment="crop_flip", **labels)
+        hp = {k: v for k, v in ft["model"]["init_args"].items() if k != "checkpoint"}
+        trainer = Trainer(**quiet, max_epochs=args.finetune_epochs, check_val_every_n_epoch=args.finetune_epochs)
+        trainer.fit(FineTune(str(ckpt), num_classes=10, **hp), ft_dm)
+        out["finetune_top1"] = float(trainer.callback_metrics["val/top1"])
+
+    if "propagation_top1" in scores:
+        prop = yaml.safe_load(PROPAGATE.read_text())["model"]["init_args"]
+        prop_dm = WCLDataModule(**common, augment=aug, bank="masked", **labels)
+        model = PropagationEval(str(ckpt), num_classes=10, **{k: v for k, v in prop.items() if k != "checkpoint"})
+        result = Trainer(**quiet).validate(model, prop_dm, verbose=False)
+        out["propagation_top1"] = float(result[0]["val/propagation_top1"])
     return out
 
 
 def run_one(method: str, fraction: float, epochs: int, seed: int, args: argparse.Namespace) -> dict | None:
-    """One (method, fraction, seed) row: read its result file, or pretrain (if needed) and evaluate."""
+    """One (method, fraction, seed) row: read its result file, or pretrain (if needed) and evaluate; a result file
+    without a score of :data:`SCORES` gets that score added (the others are not recomputed)."""
     results = args.out / "results"
     name = f"{method}_f{fraction:g}_e{epochs}_s{seed}{'_quick' if args.quick else ''}"
     result_file = results / f"{name}.json"
-    if result_file.is_file() and (args.report or not args.rerun):
-        return json.loads(result_file.read_text())
+    old = json.loads(result_file.read_text()) if result_file.is_file() and not args.rerun else {}
+    missing = tuple(k for k in SCORES if k not in old)
+    if args.report or (old and not missing):
+        return old or None
     try:
         ckpt = pretrain(method, fraction, epochs, seed, args)
     except FileNotFoundError:
         return None
-    if args.report:
-        return None
     start = time.perf_counter()
-    scores = evaluate(ckpt, fraction, seed, args, args.out / "eval" / name)
-    result = {"method": method, "fraction": fraction, "epochs": epochs, "seed": seed, **scores,
-              "eval_wall_s": round(time.perf_counter() - start, 1),
+    scores = evaluate(ckpt, fraction, seed, args, args.out / "eval" / name, missing)
+    result = {"method": method, "fraction": fraction, "epochs": epochs, "seed": seed, **old, **scores,
+              "eval_wall_s": round(time.perf_counter() - start, 1) + old.get("eval_wall_s", 0.0),
               "pretrain": json.loads((ckpt.parents[1] / "pretrain.json").read_text())}
     results.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(result, indent=1))
     return result
 
 
-SCORES = ("knn_top1", "linear_top1", "finetune_top1")  # the table's columns, in order
+SCORES = ("knn_top1", "linear_top1", "finetune_top1", "propagation_top1")  # the table's columns, in order
 
 
 def print_table(results: list[dict]) -> None:
-    print("| method | labels | seed | kNN top-1 % (labelled bank) | linear top-1 % | fine-tune top-1 % |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| method | labels | seed | kNN top-1 % (labelled bank) | linear top-1 % | fine-tune top-1 % "
+          "| propagation top-1 % |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in sorted(results, key=lambda r: (-r["fraction"], r["seed"], list(METHODS).index(r["method"]))):
         print(f"| {r['method']} | {100 * r['fraction']:g} % ({r['labelled_images']}) | {r['seed']} | "
-              + " | ".join(f"{100 * r[k]:.1f}" for k in SCORES) + " |")
+              + " | ".join(f"{100 * r[k]:.1f}" if k in r else "–" for k in SCORES) + " |")
     rows: dict[tuple[str, float], list[dict]] = {}
     for r in results:
         rows.setdefault((r["method"], r["fraction"]), []).append(r)
     for (method, fraction), runs in rows.items():
         if len(runs) > 1:  # each seed labels its own subset: the mean is over subsets as well as over trainings
-            means = [sum(r[k] for r in runs) / len(runs) for k in SCORES]
+            means = [sum(r[k] for r in runs) / len(runs) if all(k in r for r in runs) else None for k in SCORES]
             print(f"| {method} | {100 * fraction:g} % | mean of {len(runs)} | "
-                  + " | ".join(f"{100 * m:.2f}" for m in means) + " |")
+                  + " | ".join("–" if m is None else f"{100 * m:.2f}" for m in means) + " |")
 
 
 def main() -> None:

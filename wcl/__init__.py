@@ -15,6 +15,7 @@ _EXPORTS = {
     "LinearProbe": "wcl.eval.classifier",
     "FineTune": "wcl.eval.classifier",
     "KNNEval": "wcl.eval.knn",
+    "PropagationEval": "wcl.eval.propagate",
     "Embedder": "wcl.eval.embed",
 }
 __all__ = sorted(_EXPORTS)

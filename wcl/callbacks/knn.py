@@ -31,6 +31,8 @@ class OnlineKnn(Callback):
         every_n_epochs: run every n epochs and after the last one (0 turns the callback off).
     """
 
+    metric = "knn"  # logged as val/<metric>_top1
+
     def __init__(self, k: int = 200, temperature: float = 0.1, every_n_epochs: int = 1) -> None:
         if k < 1 or temperature <= 0 or every_n_epochs < 0:
             raise ConfigError(f"OnlineKnn needs k >= 1, temperature > 0 and every_n_epochs >= 0, got k={k}, "
@@ -80,7 +82,7 @@ class OnlineKnn(Callback):
         acc = self.scorer.accuracy(self.num_classes)
         self.scorer.reset()
         for name, value in acc.items():  # the same value on every rank
-            pl_module.log(f"val/knn_{name}", value, sync_dist=True)
+            pl_module.log(f"val/{self.metric}_{name}", value, sync_dist=True)
         self.best_top1 = max(self.best_top1 or 0.0, float(acc["top1"]))
         self.last_epoch = trainer.current_epoch
         self.history.append((trainer.current_epoch + 1, float(acc["top1"])))

@@ -15,7 +15,7 @@ from wcl.data.datasets import source_of
 from wcl.data.loaders import EvalBatches, IndexBatches, ResumableLoader
 from wcl.data.samples import EvalSamples, RawImage, TrainSamples, collate_raw
 from wcl.data.sampling import CROP, VIEW, sample_keys
-from wcl.data.subsets import check_label_choice, describe_subset, labelled_subset
+from wcl.data.subsets import MaskedLabels, check_label_choice, describe_subset, labelled_subset
 from wcl.errors import ConfigError
 
 
@@ -57,7 +57,8 @@ class WCLDataModule(ImageData):
             :class:`LabelledDataModule`.
         bank: the kNN bank (online and ``wcl.KNNEval``): ``labelled`` — the known labels only (every training
             image without a subset), so "kNN with 1 % labels" is ``label_fraction: 0.01``; ``all`` — every training
-            image with its dataset label.
+            image with its dataset label; ``masked`` — every training image, the unknown ones with label -1 (the
+            graph of ``wcl.PropagationEval``).
     """
 
     def __init__(
@@ -74,7 +75,7 @@ class WCLDataModule(ImageData):
         first_epoch: Literal["self", "none"] = "self",
         label_fraction: float | None = None,
         subset_file: str | None = None,
-        bank: Literal["labelled", "all"] = "labelled",
+        bank: Literal["labelled", "all", "masked"] = "labelled",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -133,7 +134,8 @@ class WCLDataModule(ImageData):
             return None
         total = len(self.source.split("bank"))  # type: ignore[arg-type]
         known = describe_subset(self.known_subset, self.label_fraction, self.subset_file, self.seed, total)
-        where = "those images" if self.bank == "labelled" else f"all {total} images (data.bank: all)"
+        where = {"labelled": "those images", "all": f"all {total} images (data.bank: all)",
+                 "masked": f"all {total} images, the unknown labels masked (data.bank: masked)"}[self.bank]
         return f"known labels in pretraining: {known}; kNN bank: {where}"
 
     def _train_labels(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -146,13 +148,20 @@ class WCLDataModule(ImageData):
     def eval_dataset(self, split: Literal["bank", "val"]) -> Any:
         if split == "bank" and self.known_subset is not None and self.bank == "labelled":
             return self.eval_samples(self.known_subset)
+        if split == "bank" and self.known_subset is not None and self.bank == "masked":
+            bank = self.source.split("bank")
+            return self.eval_samples(MaskedLabels(bank, self.known[:len(bank)]))  # type: ignore[arg-type]
         return super().eval_dataset(split)
 
     def eval_loader(self, split: Literal["bank", "val"], shard: bool = False) -> Any:
-        if split == "bank" and self.known_subset is not None and self.bank == "labelled" and self.in_memory:
-            rows = torch.as_tensor(self.known_subset.indices, dtype=torch.long)
+        if split == "bank" and self.known_subset is not None and self.bank != "all" and self.in_memory:
             pixels = self.source.pixels("bank", self.memory_device(), self.num_workers, self.skipped)
-            return EvalBatches(pixels[rows.to(pixels.device)], self.source.labels("bank")[rows], self.eval_batch_size)
+            labels = self.source.labels("bank")
+            if self.bank == "masked":
+                masked = torch.where(self.known[:len(labels)], labels, torch.full_like(labels, -1))
+                return EvalBatches(pixels, masked, self.eval_batch_size)
+            rows = torch.as_tensor(self.known_subset.indices, dtype=torch.long)
+            return EvalBatches(pixels[rows.to(pixels.device)], labels[rows], self.eval_batch_size)
         return super().eval_loader(split, shard)
 
     def train_dataloader(self) -> Any:

@@ -110,3 +110,19 @@ def describe_subset(subset: Subset | None, label_fraction: float | None, subset_
     if label_fraction is not None:
         return f"{100 * label_fraction:g} % labels ({len(subset)} of {total} images, class-balanced, seed {seed})"
     return f"the {len(subset)} images of {subset_file} (of {total})"
+
+
+class MaskedLabels(Subset):
+    """``base``'s ``(image, label)`` pairs with label -1 where ``known`` (bool[len(base)]) is false (a Subset of every
+    row, so error messages still name the file)."""
+
+    def __init__(self, base: Dataset, known: torch.Tensor) -> None:
+        super().__init__(base, range(len(base)))  # type: ignore[arg-type]
+        self.known = known
+
+    def __getitem__(self, i: int) -> tuple[object, int]:
+        img, y = self.dataset[i]
+        return img, int(y) if bool(self.known[i]) else -1
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[object, int]]:
+        return [self[i] for i in indices]

@@ -1,7 +1,9 @@
-"""Evaluation protocols: weighted kNN, linear probe, fine-tuning, embeddings, and loading pretrained backbones."""
+"""Evaluation protocols: weighted kNN, linear probe, fine-tuning, label propagation, embeddings, and loading
+pretrained backbones."""
 
 from wcl.eval.classifier import FineTune, LinearProbe
 from wcl.eval.embed import Embedder
 from wcl.eval.knn import KNNEval, ShardedKnn, knn_predict
+from wcl.eval.propagate import PropagationEval
 
-__all__ = ["Embedder", "FineTune", "KNNEval", "LinearProbe", "ShardedKnn", "knn_predict"]
+__all__ = ["Embedder", "FineTune", "KNNEval", "LinearProbe", "PropagationEval", "ShardedKnn", "knn_predict"]
