@@ -77,10 +77,12 @@ class _SupervisedEval(ResumesWhereItStopped, LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         """The labelled subset's record (semi-supervised protocols), and a linear probe's cached features."""
-        from wcl.callbacks.labelled import CachedFeatures, LabelledSubsetFile
+        from wcl.callbacks.labelled import CachedFeatures, LabelledSubsetFile, ProbeFirst
 
-        cached = getattr(self.hparams, "mode", None) == "cached"
-        return [LabelledSubsetFile(), *([CachedFeatures()] if cached else [])]
+        hp = self.hparams
+        cached = getattr(hp, "mode", None) == "cached"
+        probe = [ProbeFirst(hp.probe_epochs, hp.probe_lr)] if getattr(hp, "probe_epochs", 0) else []
+        return [LabelledSubsetFile(), *([CachedFeatures()] if cached else []), *probe]
 
     def param_groups(self) -> list[dict]:
         raise NotImplementedError
@@ -158,13 +160,19 @@ class FineTune(_SupervisedEval):
             biases, normalisation parameters or the tokens a backbone declares (a ViT's ``cls_token``,
             ``pos_embed``).
         backbone: if set, the checkpoint must hold this backbone.
+        probe_epochs: before fine-tuning, train the classifier this many epochs as a linear probe on the frozen
+            backbone's features (:class:`wcl.callbacks.labelled.ProbeFirst`; 0: a random classifier).
+        probe_lr: learning rate of that probe.
     """
 
     def __init__(self, checkpoint: str, num_classes: int | None = None, lr: float = 0.01,
                  classifier_lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 backbone: str | None = None) -> None:
-        if classifier_lr <= 0:
-            raise ConfigError(f"model.classifier_lr must be > 0, got {classifier_lr}")
+                 backbone: str | None = None, probe_epochs: int = 0, probe_lr: float = 0.1) -> None:
+        if classifier_lr <= 0 or probe_lr <= 0:
+            raise ConfigError(f"model.classifier_lr and model.probe_lr must be > 0, got {classifier_lr} and "
+                              f"{probe_lr}")
+        if probe_epochs < 0:
+            raise ConfigError(f"model.probe_epochs must be >= 0, got {probe_epochs}")
         super().__init__(checkpoint, num_classes, lr, momentum, weight_decay, backbone)
         self.save_hyperparameters()
         self.hparams["arch"] = self.arch
