@@ -168,16 +168,16 @@ def test_vit_recipes_compose_with_the_overlays(recipe, overlay, capsys):
 
 
 def _readme_backbone_commands() -> list[list[str]]:
-    """The ``python -m wcl fit`` commands of the README's Backbones section, as argument lists."""
+    """The ``python -m wcl fit`` commands of the documentation's Backbones page, as argument lists."""
     import shlex
 
-    section = (ROOT / "README.md").read_text().split("## Backbones", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "guide" / "backbones.md").read_text()
     block = section.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
     return [shlex.split(line, comments=True)[3:] for line in block.splitlines() if line.startswith("python -m wcl")]
 
 
 def test_readme_backbone_commands_build_their_models(capsys, monkeypatch):
-    """Each example of the README's Backbones section parses and builds its backbone (timm, torchvision, ViTs)."""
+    """Each example of the Backbones page parses and builds its backbone (timm, torchvision, ViTs)."""
     monkeypatch.chdir(ROOT)
     commands = _readme_backbone_commands()
     assert len(commands) == 4

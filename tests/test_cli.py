@@ -223,8 +223,10 @@ def test_each_overlay_combination_has_its_own_run_folder(configs, extra, folder,
 
 
 def _documented_lines() -> list[str]:
-    """The command lines of the README and of the configs' comments, ``\\`` continuations joined."""
-    texts = [(ROOT / "README.md").read_text()] + [p.read_text() for p in (ROOT / "configs").rglob("*.yaml")]
+    """The command lines of the README, the documentation site and the configs' comments, ``\\`` continuations
+    joined."""
+    texts = [(ROOT / "README.md").read_text()] + [p.read_text() for p in sorted((ROOT / "docs").rglob("*.md"))] + \
+        [p.read_text() for p in (ROOT / "configs").rglob("*.yaml")]
     lines = []
     for text in texts:
         for line in text.replace("\\\n", " ").splitlines():
@@ -356,7 +358,7 @@ def test_evaluations_print_wcl_lines_and_no_noise(tmp_path, capsys, recwarn):
 
 
 def test_own_images_cpu_command_of_the_readme_runs(tmp_path, capsys):
-    """README "Your own images": the quickstart on an ImageFolder tree of mixed-size images, decoded to 32 px."""
+    """docs/guide/own-images.md: the quickstart on an ImageFolder tree of mixed-size images, decoded to 32 px."""
     import numpy as np
     from PIL import Image
 
@@ -367,8 +369,8 @@ def test_own_images_cpu_command_of_the_readme_runs(tmp_path, capsys):
                 size = (40, 28) if i % 2 else (50, 64)
                 arr = np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)
                 Image.fromarray(arr).save(tmp_path / "mine" / split / c / f"{i}.jpg")
-    readme = (ROOT / "README.md").read_text()
-    assert "--config configs/quickstart.yaml --data.dataset imagefolder --data.root /data/mine" in readme
+    guide = (ROOT / "docs" / "guide" / "own-images.md").read_text()
+    assert "--config configs/quickstart.yaml --data.dataset imagefolder --data.root /data/mine" in guide
     main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--data.dataset", "imagefolder",
           "--data.root", str(tmp_path / "mine"), "--data.decode_size", "32",
           "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.max_epochs", "1", "--model.width", "4",

@@ -38,8 +38,8 @@ def test_wcl_on_cpu_keeps_weights_and_inputs_contiguous():
 
 
 def test_crop_64_at_width_4_trains_on_cpu(tmp_path):
-    """Issue 27: this config ended in a segfault (exit 139) or a heap abort in oneDNN's backward-weights kernel of
-    the layer-2 shortcut (1×1, stride 2, 4 → 8 channels) while the backbone ran channels-last on CPU."""
+    """With the backbone channels-last on CPU, this config can end in a segfault (exit 139) or a heap abort in
+    oneDNN's backward-weights kernel of the layer-2 shortcut (1×1, stride 2, 4 → 8 channels); it must train."""
     proc = subprocess.run(
         [sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs", "1",
          "--trainer.enable_progress_bar", "false", "--data.train_per_class", "2", "--data.val_per_class", "1",

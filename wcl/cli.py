@@ -33,6 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from wcl.distributed import destroy_process_group
 from wcl.errors import ConfigError, WCLError
+from wcl.recipes import resolve_config_args
 from wcl.tracking import SaveConfig
 
 PROG = "python -m wcl"
@@ -613,6 +614,10 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m wcl`` and the ``wcl`` console script."""
     _quiet()
     try:
+        if args is None:  # --config wcl:<name>: a recipe shipped with the package (wcl.recipes)
+            sys.argv[1:] = resolve_config_args(sys.argv[1:])
+        else:
+            args = resolve_config_args(args)
         WCLCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, args=args,
                save_config_callback=SaveConfig, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                parser_kwargs={"allow_abbrev": False,  # --trainer.max_epoch is a typo, not --trainer.max_epochs
