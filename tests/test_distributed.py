@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tests.helpers import run_gloo
-from wcl.distributed import gather_with_grad
+from wcl.distributed import gather
 from wcl.losses import NTXentLoss, WeakLabelLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ def test_candidates_without_grad_equal_the_official_gradient():
 
 def _gather_worker(rank: int) -> tuple[list, list]:
     x = torch.full((3, 2), float(rank + 1), requires_grad=True)
-    y = gather_with_grad(x)
+    y = gather(x, grad=True)
     weights = torch.arange(y.numel(), dtype=torch.float32).view_as(y) * (rank + 1)
     (y * weights).sum().backward()
     return y.detach().tolist(), x.grad.tolist()

@@ -8,6 +8,7 @@ from lightning.pytorch import Callback, Trainer
 
 from wcl import WCL, WCLDataModule
 from wcl.callbacks import FeatureBank, KnnMultiCrop
+from wcl.callbacks.multicrop import neighbor_table
 from wcl.data import Augmentations
 from wcl.data.crops import NeighborTable
 from wcl.errors import ConfigError
@@ -42,16 +43,6 @@ def test_knn_table_torch_chunks_and_duplicates():
         assert (i + 50) % 100 in table[i].tolist()
 
 
-def test_knn_torch_on_the_first_queries_equals_those_rows_of_the_full_search():
-    from wcl.neighbors import _knn_torch  # benchmarks/knn_table.py times ImageNet scale this way
-
-    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(2))
-    full = _knn_torch(x, 4, torch.device("cpu"), chunk=32, db_chunk=64)
-    part = _knn_torch(x, 4, torch.device("cpu"), chunk=32, db_chunk=64, num_queries=70)
-    assert part.shape == (70, 5)
-    assert torch.equal(part, full[:70])
-
-
 def test_knn_k_out_of_range():
     with pytest.raises(ValueError, match="0 < K < dataset size"):
         knn_table(torch.randn(5, 3), 5)
@@ -59,16 +50,43 @@ def test_knn_k_out_of_range():
         KnnMultiCrop(k=0)
 
 
-def test_feature_bank_unseen_samples_point_to_themselves():
-    bank = FeatureBank(10, 4)
-    bank.write(torch.arange(8), torch.randn(8, 4))
-    table, seconds = bank.neighbors(2)
-    assert seconds >= 0
-    assert table[8].tolist() == [8, 8] and table[9].tolist() == [9, 9]
-    assert table[:8].max() < 8
-    copy = FeatureBank(10, 4)
-    copy.load_state_dict(bank.state_dict())
-    assert torch.equal(copy.neighbors(2)[0], table)
+def _unit_rows(n: int, d: int = 16, seed: int = 0) -> torch.Tensor:
+    """n unit rows of four ±0.5 entries: every inner product is a multiple of 0.25, exact in float16 and float32 in
+    any order of summation, so equal similarities (ties) are frequent and exact."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, d)
+    for i in range(n):
+        cols = torch.randperm(d, generator=g)[:4]
+        x[i, cols] = 0.5 * (torch.randint(0, 2, (4,), generator=g) * 2 - 1).float()
+    return x
+
+
+def _reference_table(x: torch.Tensor, k: int, seen: torch.Tensor) -> torch.Tensor:
+    """Each seen row's k best other seen rows by (inner product descending, index ascending), by a full stable sort
+    (one process, every feature at hand)."""
+    s = (x.double() @ x.double().T).fill_diagonal_(-float("inf"))
+    unseen = torch.ones(len(x), dtype=torch.bool)
+    unseen[seen] = False
+    s[:, unseen] = -float("inf")
+    return s.argsort(dim=1, descending=True, stable=True)[seen, :k]
+
+
+def test_neighbor_table_is_exact_with_ties_and_keeps_the_rows_of_unseen_samples():
+    x = _unit_rows(60)
+    seen = torch.randperm(60, generator=torch.Generator().manual_seed(1))[:50]  # written in a shuffled order
+    bank = FeatureBank(16, capacity=4)  # grows while written
+    for part in seen.split(7):  # batches of 7, the last one partial
+        bank.write(part, x[part])
+    previous = torch.arange(60 * 3, dtype=torch.int32).view(60, 3) % 60
+    table = neighbor_table(*bank.rows(), previous, 3, step_queries=16, chunk=5)
+    assert table.dtype == torch.int32 and table.shape == (60, 3)
+    unseen = torch.ones(60, dtype=torch.bool)
+    unseen[seen] = False
+    assert torch.equal(table[unseen], previous[unseen])
+    assert torch.equal(table[seen].long(), _reference_table(x, 3, seen))
+    few = FeatureBank(16)
+    few.write(seen[:3], x[seen[:3]])  # no more features than neighbours: the table stays as it was
+    assert torch.equal(neighbor_table(*few.rows(), previous, 3), previous)
 
 
 def test_neighbor_purity():
@@ -145,7 +163,8 @@ def test_each_epoch_uses_the_new_table_and_checkpoints_keep_it(tmp_path, path):
     ckpt = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=False)
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("KnnMultiCrop"))
     assert torch.equal(state["table"], knn.table.table) and state["epoch"] == 2
-    assert state["bank"]["seen"].all() and state["bank"]["features"].dtype == torch.float16
+    assert state["table"].dtype == torch.int32
+    assert state["bank"] == {"epoch": 2, "rows": 0}  # saved after the epoch's table: its features were used up
     assert trainer.callback_metrics["multicrop/neighbor_purity"] >= 0
 
 

@@ -43,11 +43,6 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start : start + ctx.rows]
 
 
-def gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` (B×…, the same B on every rank) from all ranks in rank order, keeping the gradient."""
-    return gather(x, grad=True)
-
-
 @torch.no_grad()
 def gather_varlen(x: Tensor) -> Tensor:
     """Concatenate ``x`` (n_r×…, n_r may differ between ranks) from all ranks in rank order, without gradient."""

@@ -18,7 +18,8 @@ CropOrigin = Literal["self", "neighbors"]
 
 
 class NeighborTable:
-    """``table[i]`` = the K neighbours of sample i computed at the end of epoch ``epoch`` (-1: none yet).
+    """``table[i]`` = the K neighbours of sample i computed at the end of epoch ``epoch`` (IntTensor N×K; before the
+    first table, epoch -1, sample i itself K times).
 
     Both tensors are in shared memory and are updated in place, so data-loader workers (forked or spawned,
     persistent or not) always read the current table. ``on(device)`` is a copy for batched crop draws, made again
@@ -26,7 +27,7 @@ class NeighborTable:
     """
 
     def __init__(self, num_samples: int, k: int) -> None:
-        self.table = torch.zeros(num_samples, k, dtype=torch.long).share_memory_()
+        self.table = torch.arange(num_samples, dtype=torch.int32)[:, None].repeat(1, k).share_memory_()
         self._epoch = torch.full((1,), -1, dtype=torch.long).share_memory_()
         self._copies: dict[torch.device, Tensor] = {}
 
@@ -115,4 +116,4 @@ class CropSource:
             return index[:, None].expand(-1, n)
         table = self.table.on(index.device)
         picks = (u[:, :n] * table.shape[1]).long()
-        return table[index[:, None], picks]
+        return table[index[:, None], picks].long()
