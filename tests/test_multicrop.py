@@ -1,5 +1,7 @@
 """KNN multi-crop: the neighbour search, the crop source, and the KnnMultiCrop callback's lifecycle."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -176,3 +178,45 @@ def test_callback_is_idle_without_neighbour_crops(tmp_path):
                       enable_progress_bar=False, limit_val_batches=0, callbacks=[knn])
     trainer.fit(WCL(**TINY, knn_every_n_epochs=0), dm)
     assert not knn.active and knn.table is None and knn.bank is None
+
+
+def _drive(rank: int, world: int, stop_at: int | None = None) -> torch.Tensor:
+    """One epoch of KnnMultiCrop on synthetic features of 41 samples, 39 of them drawn (two dropped, as
+    ``drop_last`` drops them), split over ``world`` ranks unevenly (20 / 19) in batches of 4 with a partial last
+    one; with ``stop_at`` the callback is saved before that batch and a fresh one resumes from the state."""
+    x = _unit_rows(41, seed=5)
+    drawn = torch.randperm(41, generator=torch.Generator().manual_seed(2))[:39]
+    batches = list(drawn[rank::world].split(4))
+    trainer = SimpleNamespace(current_epoch=0, is_global_zero=rank == 0, num_training_batches=len(batches))
+    module = SimpleNamespace(backbone=SimpleNamespace(out_dim=16), device=torch.device("cpu"),
+                             log=lambda *args, **kwargs: None)
+
+    def fresh(state: dict | None = None) -> KnnMultiCrop:
+        cb = KnnMultiCrop(k=3, save_bank=True)
+        cb.table = NeighborTable(41, 3)
+        if state is not None:
+            cb.load_state_dict(state)
+        cb.on_train_start(trainer, module)
+        return cb
+
+    cb = fresh()
+    for i, index in enumerate(batches):
+        if i == stop_at:
+            cb = fresh(cb.state_dict())
+        cb.on_train_batch_end(trainer, module, {"h1": x[index], "index": index}, None, i)
+    assert cb.table.epoch == 0
+    return cb.table.table.clone()
+
+
+@pytest.mark.slow
+def test_two_ranks_build_the_table_of_one_process_also_after_a_resume():
+    from tests.helpers import run_gloo
+
+    one = _drive(0, 1)
+    drawn = torch.randperm(41, generator=torch.Generator().manual_seed(2))[:39]
+    assert torch.equal(one[drawn].long(), _reference_table(_unit_rows(41, seed=5), 3, drawn))
+    undrawn = [i for i in range(41) if i not in drawn.tolist()]
+    assert one[undrawn].tolist() == [[i] * 3 for i in undrawn]  # no table before: they keep themselves
+    for stop_at in (None, 2):
+        tables = run_gloo(_drive, 2, stop_at)
+        assert torch.equal(tables[0], one) and torch.equal(tables[1], one), stop_at

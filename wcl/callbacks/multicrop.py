@@ -199,7 +199,8 @@ class KnnMultiCrop(Callback):
         self._publish(table, trainer.current_epoch)
         # Logged per epoch (on_step logging would drop them unless the step hits log_every_n_steps).
         pl_module.log("multicrop/knn_seconds", seconds, on_step=False, on_epoch=True, rank_zero_only=True)
-        purity = neighbor_purity(self.table.table, self._labels) if trainer.is_global_zero else None
+        labels = self._labels if trainer.is_global_zero else None
+        purity = neighbor_purity(self.table.table, labels) if labels is not None else None
         if purity is not None:
             pl_module.log("multicrop/neighbor_purity", purity, on_step=False, on_epoch=True, rank_zero_only=True)
 
