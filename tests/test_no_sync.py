@@ -206,7 +206,8 @@ def test_the_recorders_see_each_pattern():
         torch.tensor([0.5, 0.25]), torch.as_tensor([1, 2]), float(x.sum()), x[x > 0]
         x.to(x.device), torch.as_tensor(x), torch.full((2,), 0.5)  # none of these costs anything
     assert [f.split(" ")[0].split("(")[0] for f in rec.found] == [
-        "cpu", "to", "tolist", "numpy", "to", "tensor", "as_tensor", "aten._local_scalar_dense.default", "aten.index.Tensor"], rec.found
+        "cpu", "to", "tolist", "numpy", "to", "tensor", "as_tensor", "aten._local_scalar_dense.default",
+        "aten.index.Tensor"], rec.found
     trainer = Trainer(accelerator="cpu", logger=False)
     with _collectives(trainer) as calls:
         distributed.gather_nograd(x), trainer.strategy.barrier()
