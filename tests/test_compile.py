@@ -105,13 +105,16 @@ def test_a_recompile_limit_fallback_is_one_warning_line(backend, capfd, monkeypa
     assert len(lines) == 1 and "recompile_limit (1)" in lines[0] and "runs without compilation" in lines[0], lines
 
 
-class _GraphsAfterEpoch(Callback):
-    """Dynamo's unique-graph count at the end of every training epoch (after its validation and kNN bank pass)."""
+class GraphsAfterEpoch(Callback):
+    """Appends dynamo's unique-graph count to the file ``path`` at the end of every training epoch (after its
+    validation and kNN bank pass)."""
 
-    counts: list[int] = []
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:  # noqa: ANN001
-        _GraphsAfterEpoch.counts.append(counters["stats"]["unique_graphs"])
+        with self.path.open("a") as f:
+            f.write(f"{counters['stats']['unique_graphs']}\n")
 
 
 @pytest.mark.slow
@@ -123,14 +126,15 @@ def test_cifar10_recipe_shapes_compile_once(tmp_path, backend, cifar10_root, mon
     from wcl.cli import main
 
     monkeypatch.chdir(ROOT)
-    _GraphsAfterEpoch.counts = []
     main(["fit", "--config", "configs/cifar10/wcl.yaml", "--config", "configs/multicrop.yaml",
           "--data.root", str(cifar10_root), "--data.train_per_class", "110", "--data.val_per_class", "110",
           "--data.num_workers", "0", "--model.width", "8", "--model.compile_backbone", "true",
           "--model.knn_every_n_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
           "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
-          "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=tests.test_compile._GraphsAfterEpoch"])
+          "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks+=tests.test_compile.GraphsAfterEpoch",
+          f"--trainer.callbacks.path={tmp_path / 'graphs.txt'}"])
     frames = counters["frames"]
     assert frames["total"] > 0 and frames["ok"] == frames["total"], dict(frames)
     assert not counters["graph_break"] and not counters["unimplemented"], dict(counters["unimplemented"])
-    assert _GraphsAfterEpoch.counts == [3, 3, 3], _GraphsAfterEpoch.counts
+    counts = [int(line) for line in (tmp_path / "graphs.txt").read_text().split()]
+    assert counts == [3, 3, 3], counts

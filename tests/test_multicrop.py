@@ -180,7 +180,7 @@ def test_callback_is_idle_without_neighbour_crops(tmp_path):
     assert not knn.active and knn.table is None and knn.bank is None
 
 
-def _drive(rank: int, world: int, stop_at: int | None = None) -> torch.Tensor:
+def _drive(rank: int, world: int, stop_at: int | None = None, save_bank: bool = True) -> torch.Tensor:
     """One epoch of KnnMultiCrop on synthetic features of 41 samples, 39 of them drawn (two dropped, as
     ``drop_last`` drops them), split over ``world`` ranks unevenly (20 / 19) in batches of 4 with a partial last
     one; with ``stop_at`` the callback is saved before that batch and a fresh one resumes from the state."""
@@ -192,7 +192,7 @@ def _drive(rank: int, world: int, stop_at: int | None = None) -> torch.Tensor:
                              log=lambda *args, **kwargs: None)
 
     def fresh(state: dict | None = None) -> KnnMultiCrop:
-        cb = KnnMultiCrop(k=3, save_bank=True)
+        cb = KnnMultiCrop(k=3, save_bank=save_bank)
         cb.table = NeighborTable(41, 3)
         if state is not None:
             cb.load_state_dict(state)
@@ -220,3 +220,13 @@ def test_two_ranks_build_the_table_of_one_process_also_after_a_resume():
     for stop_at in (None, 2):
         tables = run_gloo(_drive, 2, stop_at)
         assert torch.equal(tables[0], one) and torch.equal(tables[1], one), stop_at
+
+
+def test_a_resume_without_the_bank_says_what_it_changes(capsys):
+    table = _drive(0, 1, stop_at=2, save_bank=False)  # batches 0 and 1 (8 samples) trained before the stop
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("wcl: warning:")]
+    assert len(lines) == 1 and "the 8 samples trained before the stop keep their previous neighbours" in lines[0]
+    drawn = torch.randperm(41, generator=torch.Generator().manual_seed(2))[:39]
+    before, after = drawn[:8], drawn[8:]
+    assert table[before].tolist() == [[i] * 3 for i in before.tolist()]
+    assert torch.equal(table[after].long(), _reference_table(_unit_rows(41, seed=5), 3, after))

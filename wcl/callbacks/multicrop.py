@@ -41,7 +41,7 @@ class FeatureBank:
         self.index = torch.empty(capacity, dtype=torch.long, device=device)
         self.size = 0
 
-    def _reserve(self, rows: int) -> None:
+    def reserve(self, rows: int) -> None:
         if rows > self.index.shape[0]:
             cap = max(rows, 2 * self.index.shape[0])
             features = self.features.new_empty(cap, self.features.shape[1])
@@ -53,7 +53,7 @@ class FeatureBank:
         """index: LongTensor[B] dataset indices; feats: B×D (stored normalized, float16), both on the bank's device
         (``normalize=False``: rows of a bank, stored as they are)."""
         b = index.shape[0]
-        self._reserve(self.size + b)
+        self.reserve(self.size + b)
         rows = F.normalize(feats.detach().float(), dim=1) if normalize else feats
         self.features[self.size : self.size + b] = rows.to(torch.float16)
         self.index[self.size : self.size + b] = index
@@ -186,7 +186,7 @@ class KnnMultiCrop(Callback):
         if not self.active:
             return
         if self.bank.size == 0 and self.bank.index.shape[0] == 0:  # sized once, for this rank's epoch
-            self.bank._reserve(trainer.num_training_batches * outputs["index"].shape[0])
+            self.bank.reserve(trainer.num_training_batches * outputs["index"].shape[0])
         self.bank.write(outputs["index"], outputs["h1"])
         if batch_idx + 1 == trainer.num_training_batches:
             self._update(trainer, pl_module)
