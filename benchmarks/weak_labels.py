@@ -5,7 +5,7 @@
 Prints a Markdown table (median of ``--repeats`` runs after one warm-up). "nn" is the chunked 1-NN search,
 "components" the connected-components step; "total" is what ``weak_labels`` costs once (a training step calls
 it twice, once per view). The gather row times an all_gather (gloo, 2 local processes) of a B×dim float32
-tensor with its backward all_reduce, as ``gather_with_grad`` does for each of the 4 projections per step.
+tensor with its backward all_reduce, as ``gather(grad=True)`` does for each of the 4 projections per step.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def _gather_worker(rank: int, port: int, batch: int, dim: int, repeats: int, out
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
-    from wcl.distributed import gather_with_grad
+    from wcl.distributed import gather
 
     x = torch.randn(batch // 2, dim, requires_grad=True)
 
     def step():
-        gather_with_grad(x).sum().backward()
+        gather(x, grad=True).sum().backward()
 
     t = _median_time(step, torch.device("cpu"), repeats)
     if rank == 0:

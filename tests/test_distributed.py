@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tests.helpers import run_gloo
-from wcl.distributed import gather_with_grad
+from wcl.distributed import gather
 from wcl.losses import NTXentLoss, WeakLabelLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ def test_candidates_without_grad_equal_the_official_gradient():
 
 def _gather_worker(rank: int) -> tuple[list, list]:
     x = torch.full((3, 2), float(rank + 1), requires_grad=True)
-    y = gather_with_grad(x)
+    y = gather(x, grad=True)
     weights = torch.arange(y.numel(), dtype=torch.float32).view_as(y) * (rank + 1)
     (y * weights).sum().backward()
     return y.detach().tolist(), x.grad.tolist()
@@ -224,3 +224,31 @@ def test_cli_ddp_ranks_share_one_neighbour_table(tmp_path):
     assert torch.equal(t0["table"], t1["table"])
     # 80 samples / (2 ranks × 16) = 2 batches per rank in epoch 1, each checked against that rank's table.
     assert [int((dump / f"rank{r}_checked.txt").read_text()) for r in (0, 1)] == [2, 2]
+
+
+@pytest.mark.parametrize("text,backend", [
+    # gloo (its tcp pair's texts; tests/test_launch.py kills a rank of a real 2-process run for the whole path)
+    ("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:38071", "gloo"),
+    ("[../third_party/gloo/gloo/transport/tcp/pair.cc:589] Read error [10.1.0.7]:40211: Connection reset by peer",
+     "gloo"),
+    # NCCL (strings of libtorch_cuda.so's ProcessGroupNCCL, in the surroundings of a survivor's error)
+    ("NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3691, remote process exited or there "
+     "was a network error, NCCL version 2.27.3\nncclRemoteError: A call failed possibly due to a network error or a "
+     "remote process exiting prematurely.\nLast error:\nsocketProgress: Connection closed by remote peer "
+     "node-3<45822>", "nccl"),
+    ("[Rank 5] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=8841, OpType=ALLGATHER, "
+     "NumelIn=262144, NumelOut=8388608, Timeout(ms)=900000) ran for 900071 milliseconds before timing out.", "nccl"),
+    ("NCCL communicator was aborted on rank 5.", "nccl"),
+    # the TCP store of torchrun's elastic agent / rank 0 (strings of libtorch_cpu.so)
+    ("Failed to recv, got 0 bytes. Connection was likely closed. Did the remote server shutdown or crash?", "store"),
+    ("[c10d] recvValue failed on SocketImpl(fd=41, addr=[node-0]:52314): Remote peer closed the connection.",
+     "store"),
+    # not a lost rank
+    ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB", None),
+    ("NCCL error in: ProcessGroupNCCL.cpp:1970, invalid usage (run with NCCL_DEBUG=WARN for details), NCCL version "
+     "2.27.3\nncclInvalidUsage: This usually reflects invalid usage of NCCL library.", None),
+])
+def test_lost_peer_recognises_each_backends_text(text, backend):
+    from wcl.distributed import lost_peer
+
+    assert lost_peer(text) == backend

@@ -212,3 +212,39 @@ def test_crops_enter_only_the_losses_they_are_given_to(crop_losses):
     for term, enters in (("loss_nce", crop_losses != "weak"), ("loss_weak", crop_losses != "nce")):
         same = torch.allclose(plain[term], crops[term])
         assert same != enters, term
+
+
+def _no_positive_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """6 samples, 3 per rank. Rank 0's are labelled with three different classes and are each other's nearest
+    neighbours, so label_graph drops their edges: none of them has a positive. Rank 1's are unlabelled and close
+    together: one component."""
+    g = torch.Generator().manual_seed(0)
+    e = torch.eye(8, dtype=torch.float64)
+    v1 = torch.cat([e[0] + 0.1 * torch.randn(3, 8, generator=g, dtype=torch.float64),
+                    e[1] + 0.1 * torch.randn(3, 8, generator=g, dtype=torch.float64)])
+    v2 = v1 + 0.01 * torch.randn(6, 8, generator=g, dtype=torch.float64)
+    return v1, v2, torch.tensor([0, 1, 2, -1, -1, -1])
+
+
+def _no_positive_rank(rank: int) -> dict:
+    from wcl.losses import WeakLabelLoss
+
+    v1, v2, known = _no_positive_batch()
+    own = slice(3 * rank, 3 * rank + 3)
+    a, b = v1[own].clone().requires_grad_(), v2[own].clone().requires_grad_()
+    loss, labels1, _ = WeakLabelLoss(0.2, "torch")(a, b, known=known[own])
+    loss.backward()
+    return {"loss": loss.item(), "labels": labels1.tolist(), "grad_finite": bool(a.grad.isfinite().all())}
+
+
+@pytest.mark.slow
+def test_label_graph_rank_without_positives_gives_zero_not_nan():
+    from tests.helpers import run_gloo
+    from wcl.losses import WeakLabelLoss
+
+    ranks = run_gloo(_no_positive_rank)
+    v1, v2, known = _no_positive_batch()
+    whole, labels1, _ = WeakLabelLoss(0.2, "torch")(v1, v2, known=known)
+    assert labels1.tolist()[:3] == [0, 1, 2] and len(set(labels1.tolist()[3:])) == 1  # the case meant
+    assert ranks[0]["loss"] == 0.0 and ranks[1]["loss"] > 0 and all(r["grad_finite"] for r in ranks.values())
+    assert (ranks[0]["loss"] + ranks[1]["loss"]) / 2 == pytest.approx(whole.item(), rel=1e-12)

@@ -1,5 +1,7 @@
 """KNN multi-crop: the neighbour search, the crop source, and the KnnMultiCrop callback's lifecycle."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from lightning.pytorch import Callback, Trainer
 
 from wcl import WCL, WCLDataModule
 from wcl.callbacks import FeatureBank, KnnMultiCrop
+from wcl.callbacks.multicrop import neighbor_table
 from wcl.data import Augmentations
 from wcl.data.crops import NeighborTable
 from wcl.errors import ConfigError
@@ -42,16 +45,6 @@ def test_knn_table_torch_chunks_and_duplicates():
         assert (i + 50) % 100 in table[i].tolist()
 
 
-def test_knn_torch_on_the_first_queries_equals_those_rows_of_the_full_search():
-    from wcl.neighbors import _knn_torch  # benchmarks/knn_table.py times ImageNet scale this way
-
-    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(2))
-    full = _knn_torch(x, 4, torch.device("cpu"), chunk=32, db_chunk=64)
-    part = _knn_torch(x, 4, torch.device("cpu"), chunk=32, db_chunk=64, num_queries=70)
-    assert part.shape == (70, 5)
-    assert torch.equal(part, full[:70])
-
-
 def test_knn_k_out_of_range():
     with pytest.raises(ValueError, match="0 < K < dataset size"):
         knn_table(torch.randn(5, 3), 5)
@@ -59,16 +52,43 @@ def test_knn_k_out_of_range():
         KnnMultiCrop(k=0)
 
 
-def test_feature_bank_unseen_samples_point_to_themselves():
-    bank = FeatureBank(10, 4)
-    bank.write(torch.arange(8), torch.randn(8, 4))
-    table, seconds = bank.neighbors(2)
-    assert seconds >= 0
-    assert table[8].tolist() == [8, 8] and table[9].tolist() == [9, 9]
-    assert table[:8].max() < 8
-    copy = FeatureBank(10, 4)
-    copy.load_state_dict(bank.state_dict())
-    assert torch.equal(copy.neighbors(2)[0], table)
+def _unit_rows(n: int, d: int = 16, seed: int = 0) -> torch.Tensor:
+    """n unit rows of four ±0.5 entries: every inner product is a multiple of 0.25, exact in float16 and float32 in
+    any order of summation, so equal similarities (ties) are frequent and exact."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(n, d)
+    for i in range(n):
+        cols = torch.randperm(d, generator=g)[:4]
+        x[i, cols] = 0.5 * (torch.randint(0, 2, (4,), generator=g) * 2 - 1).float()
+    return x
+
+
+def _reference_table(x: torch.Tensor, k: int, seen: torch.Tensor) -> torch.Tensor:
+    """Each seen row's k best other seen rows by (inner product descending, index ascending), by a full stable sort
+    (one process, every feature at hand)."""
+    s = (x.double() @ x.double().T).fill_diagonal_(-float("inf"))
+    unseen = torch.ones(len(x), dtype=torch.bool)
+    unseen[seen] = False
+    s[:, unseen] = -float("inf")
+    return s.argsort(dim=1, descending=True, stable=True)[seen, :k]
+
+
+def test_neighbor_table_is_exact_with_ties_and_keeps_the_rows_of_unseen_samples():
+    x = _unit_rows(60)
+    seen = torch.randperm(60, generator=torch.Generator().manual_seed(1))[:50]  # written in a shuffled order
+    bank = FeatureBank(16, capacity=4)  # grows while written
+    for part in seen.split(7):  # batches of 7, the last one partial
+        bank.write(part, x[part])
+    previous = torch.arange(60 * 3, dtype=torch.int32).view(60, 3) % 60
+    table = neighbor_table(*bank.rows(), previous, 3, step_queries=16, chunk=5)
+    assert table.dtype == torch.int32 and table.shape == (60, 3)
+    unseen = torch.ones(60, dtype=torch.bool)
+    unseen[seen] = False
+    assert torch.equal(table[unseen], previous[unseen])
+    assert torch.equal(table[seen].long(), _reference_table(x, 3, seen))
+    few = FeatureBank(16)
+    few.write(seen[:3], x[seen[:3]])  # no more features than neighbours: the table stays as it was
+    assert torch.equal(neighbor_table(*few.rows(), previous, 3), previous)
 
 
 def test_neighbor_purity():
@@ -145,7 +165,9 @@ def test_each_epoch_uses_the_new_table_and_checkpoints_keep_it(tmp_path, path):
     ckpt = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=False)
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("KnnMultiCrop"))
     assert torch.equal(state["table"], knn.table.table) and state["epoch"] == 2
-    assert state["bank"]["seen"].all() and state["bank"]["features"].dtype == torch.float16
+    assert state["table"].dtype == torch.int32
+    bank = state["bank"]  # saved after the epoch's table: its features were used up
+    assert bank["epoch"] == 2 and bank["rows"] == 0 and bank["features"].shape == (0, 32)  # ResNet-18 width 4
     assert trainer.callback_metrics["multicrop/neighbor_purity"] >= 0
 
 
@@ -157,3 +179,55 @@ def test_callback_is_idle_without_neighbour_crops(tmp_path):
                       enable_progress_bar=False, limit_val_batches=0, callbacks=[knn])
     trainer.fit(WCL(**TINY, knn_every_n_epochs=0), dm)
     assert not knn.active and knn.table is None and knn.bank is None
+
+
+def _drive(rank: int, world: int, stop_at: int | None = None, save_bank: bool = True) -> torch.Tensor:
+    """One epoch of KnnMultiCrop on synthetic features of 41 samples, 39 of them drawn (two dropped, as
+    ``drop_last`` drops them), split over ``world`` ranks unevenly (20 / 19) in batches of 4 with a partial last
+    one; with ``stop_at`` the callback is saved before that batch and a fresh one resumes from the state."""
+    x = _unit_rows(41, seed=5)
+    drawn = torch.randperm(41, generator=torch.Generator().manual_seed(2))[:39]
+    batches = list(drawn[rank::world].split(4))
+    trainer = SimpleNamespace(current_epoch=0, is_global_zero=rank == 0, num_training_batches=len(batches))
+    module = SimpleNamespace(backbone=SimpleNamespace(out_dim=16), device=torch.device("cpu"),
+                             log=lambda *args, **kwargs: None)
+
+    def fresh(state: dict | None = None) -> KnnMultiCrop:
+        cb = KnnMultiCrop(k=3, save_bank=save_bank)
+        cb.table = NeighborTable(41, 3)
+        if state is not None:
+            cb.load_state_dict(state)
+        cb.on_train_start(trainer, module)
+        return cb
+
+    cb = fresh()
+    for i, index in enumerate(batches):
+        if i == stop_at:
+            cb = fresh(cb.state_dict())
+        cb.on_train_batch_end(trainer, module, {"h1": x[index], "index": index}, None, i)
+    assert cb.table.epoch == 0
+    return cb.table.table.clone()
+
+
+@pytest.mark.slow
+def test_two_ranks_build_the_table_of_one_process_also_after_a_resume():
+    from tests.helpers import run_gloo
+
+    one = _drive(0, 1)
+    drawn = torch.randperm(41, generator=torch.Generator().manual_seed(2))[:39]
+    assert torch.equal(one[drawn].long(), _reference_table(_unit_rows(41, seed=5), 3, drawn))
+    undrawn = [i for i in range(41) if i not in drawn.tolist()]
+    assert one[undrawn].tolist() == [[i] * 3 for i in undrawn]  # no table before: they keep themselves
+    for stop_at in (None, 2):
+        tables = run_gloo(_drive, 2, stop_at)
+        assert torch.equal(tables[0], one) and torch.equal(tables[1], one), stop_at
+
+
+def test_a_resume_without_the_bank_says_what_it_changes(capsys):
+    table = _drive(0, 1, stop_at=2, save_bank=False)  # batches 0 and 1 (8 samples) trained before the stop
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("wcl: warning:")]
+    assert len(lines) == 1 and "the 8 samples trained before the stop keep their previous neighbours" in lines[0]
+    drawn = torch.randperm(41, generator=torch.Generator().manual_seed(2))[:39]
+    before, after = drawn[:8], drawn[8:]
+    assert table[before].tolist() == [[i] * 3 for i in before.tolist()]
+    assert torch.equal(table[after].long(), _reference_table(_unit_rows(41, seed=5), 3, after))

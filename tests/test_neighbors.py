@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wcl.neighbors import ShardedKnn, knn_table, knn_vote, merge_topk, neighbors_of_rows, search
+from wcl.neighbors import ShardedKnn, knn_table, knn_vote, merge_topk, neighbors_of_rows, search, topk_cosine
 
 PACKAGE = Path(__file__).resolve().parents[1] / "wcl"
 
@@ -96,3 +96,34 @@ def test_vote_and_sharded_knn_by_hand():
     q = F.normalize(torch.randn(3, 4), dim=1)
     s, i = search(q, bank, 5, "torch")
     torch.testing.assert_close(scorer.scores(q, 3), knn_vote(s, y[i], 3, 0.1))
+
+
+def test_topk_breaks_ties_by_the_lower_id_across_chunks_and_the_kth_place():
+    # Rows of four ±0.5 entries: inner products are multiples of 0.25, so many candidates tie exactly at the k-th
+    # place; chunking the queries and the database, or renumbering the rows, must not change the answer.
+    from tests.test_multicrop import _unit_rows
+
+    x = _unit_rows(90, d=12, seed=3)
+    q = x[:25]
+    full = (q.double() @ x.double().T).argsort(dim=1, descending=True, stable=True)[:, :7]
+    for chunk, db_chunk in ((25, 90), (4, 13), (1, 7)):
+        sim, rows = topk_cosine(q, x.half(), 7, chunk=chunk, db_chunk=db_chunk)
+        assert torch.equal(rows, full), (chunk, db_chunk)
+        assert bool((sim[:, :-1] >= sim[:, 1:]).all())
+    perm = torch.randperm(90, generator=torch.Generator().manual_seed(0))
+    _, rows = topk_cosine(q, x[perm], 7, ids=perm, db_chunk=16)  # rows stored shuffled, ids say who they are
+    assert torch.equal(perm[rows], full)
+
+
+def test_topk_pads_when_the_database_is_smaller_than_k():
+    sim, rows = topk_cosine(torch.randn(3, 4), torch.randn(2, 4), 5)
+    assert rows[:, 2:].eq(-1).all() and sim[:, 2:].eq(-float("inf")).all() and rows[:, :2].ge(0).all()
+    sim, rows = topk_cosine(torch.randn(3, 4), torch.randn(0, 4), 2)
+    assert rows.eq(-1).all()
+
+
+def test_merge_breaks_ties_by_id_and_carries_payload():
+    sim = torch.tensor([[0.5, 0.75, 0.5, 0.5]])
+    ids = torch.tensor([[7, 3, 2, 9]])
+    s, i, p = merge_topk(sim, ids, 3, ids * 10)
+    assert i.tolist() == [[3, 2, 7]] and p.tolist() == [[30, 20, 70]] and s.tolist() == [[0.75, 0.5, 0.5]]

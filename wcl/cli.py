@@ -31,7 +31,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from wcl.distributed import destroy_process_group
+from wcl.distributed import destroy_process_group, lost_peer
 from wcl.errors import ConfigError, WCLError
 from wcl.recipes import resolve_config_args
 from wcl.tracking import SaveConfig
@@ -529,14 +529,11 @@ def _user_error(err: BaseException) -> str | None:
     return None
 
 
-_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")  # gloo, when a peer process is gone
-
-
 def _lost_rank(err: BaseException) -> str | None:
     """The one-line message for a collective that failed because another rank's process died (killed, out of
     memory, crashed): gloo closes the connection and every survivor stops at its next collective."""
     seen: BaseException | None = err
-    while seen is not None and not (isinstance(seen, RuntimeError) and any(s in str(seen) for s in _PEER_GONE)):
+    while seen is not None and not (isinstance(seen, RuntimeError) and lost_peer(str(seen))):
         seen = seen.__cause__ or seen.__context__
     if seen is None:
         return None

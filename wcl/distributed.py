@@ -1,4 +1,4 @@
-"""Distributed helpers: gathers that keep the gradient, rank offsets, teardown.
+"""Distributed helpers: gathers that keep the gradient, rank offsets, teardown, and the errors of a lost rank.
 
 Every helper is the identity when no process group is initialised, so single-process code needs no branch.
 """
@@ -43,11 +43,6 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start : start + ctx.rows]
 
 
-def gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate ``x`` (B×…, the same B on every rank) from all ranks in rank order, keeping the gradient."""
-    return gather(x, grad=True)
-
-
 @torch.no_grad()
 def gather_varlen(x: Tensor) -> Tensor:
     """Concatenate ``x`` (n_r×…, n_r may differ between ranks) from all ranks in rank order, without gradient."""
@@ -90,6 +85,24 @@ def gather_nograd(x: Tensor) -> Tensor:
 def rank_offset(local_batch: int) -> int:
     """Row of this rank's first sample in the gathered global batch."""
     return rank() * local_batch
+
+
+# How the libraries word the error a surviving rank gets when another rank's process is gone (killed, out of memory,
+# crashed), as torch 2.x builds them: gloo's TCP pairs; NCCL's remote error, its aborted communicator and its
+# watchdog's timeout (what a survivor waiting in a collective gets under NCCL, after the process group's timeout);
+# the TCP store that torchrun's elastic agent (or rank 0) holds, whose clients lose their connection.
+LOST_PEER_TEXTS = {
+    "gloo": ("Connection closed by peer", "Connection reset by peer"),
+    "nccl": ("ncclRemoteError", "NCCL communicator was aborted", "Watchdog caught collective operation timeout",
+             "Some NCCL operations have failed or timed out"),
+    "store": ("Connection was likely closed. Did the remote server shutdown or crash?",
+              "Remote peer closed the connection"),
+}
+
+
+def lost_peer(text: str) -> str | None:
+    """The backend (``gloo``, ``nccl``, ``store``) whose "another rank is gone" error ``text`` is, or None."""
+    return next((backend for backend, texts in LOST_PEER_TEXTS.items() if any(t in text for t in texts)), None)
 
 
 def destroy_process_group() -> None:

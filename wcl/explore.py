@@ -17,7 +17,7 @@ Every output goes next to the embeddings (or into ``--out``):
   ``pip install wcl[explore]``);
 * ``explore.json``: the numbers printed.
 
-The search is exact (faiss ``IndexFlatIP``) up to ``--exact-max`` rows and approximate (IVF) beyond.
+The search is exact (``wcl.neighbors.topk_cosine``) up to ``--exact-max`` rows and approximate (IVF) beyond.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def neighbors(x: np.ndarray, k: int, exact_max: int = EXACT_MAX, nprobe: int = 1
     """(N×k cosines, N×k row ids) of every row's k nearest other rows: exact up to ``exact_max`` rows, IVF beyond."""
     from wcl.neighbors import neighbors_of_rows
 
-    backend = "faiss" if x.shape[0] <= exact_max else "faiss_ivf"
+    backend = "torch" if x.shape[0] <= exact_max else "faiss_ivf"
     sim, idx = neighbors_of_rows(torch.from_numpy(x), k, backend, nprobe)
     return sim.numpy(), idx.numpy()
 

@@ -143,7 +143,7 @@ def _number_by_smallest(key: Tensor) -> Tensor:
     return (torch.cumsum(is_first, 0) - 1)[smallest]
 
 
-def weak_labels(v: Tensor, backend: GraphBackend = "scipy", chunk_size: int = 4096,
+def weak_labels(v: Tensor, backend: GraphBackend = "auto", chunk_size: int = 4096,
                 known: Tensor | None = None, merge_known: bool = True) -> Tensor:
     """Weak labels of a batch: component id of each sample in its 1-NN graph.
 
@@ -154,8 +154,9 @@ def weak_labels(v: Tensor, backend: GraphBackend = "scipy", chunk_size: int = 40
 
     Args:
         v: B×D embeddings (gathered over ranks for the global batch).
-        backend: ``scipy`` (host, ``connected_components``), ``torch`` (on ``v``'s device, no host sync), or
-            ``auto`` (torch on accelerators, scipy on CPU). Both give identical labels.
+        backend: ``auto`` (torch on accelerators, scipy on CPU), ``scipy`` (host, ``connected_components``: a
+            device→host copy of the graph for a CUDA tensor) or ``torch`` (on ``v``'s device, no host sync). All give
+            identical labels.
         chunk_size: rows per similarity chunk.
         known: optional LongTensor[B], the known class of each sample (-1 where unknown).
         merge_known: link the labelled samples of one class (their components merge), or not.

@@ -58,7 +58,7 @@ def contrastive_loss(
             candidate of one known class are positives too, whatever their groups.
 
     Returns:
-        Scalar loss, float32 (float64 for float64 inputs).
+        Scalar loss, float32 (float64 for float64 inputs); 0 when no anchor has a positive.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -80,7 +80,8 @@ def contrastive_loss(
         has_pos = num_pos > 0
         per_anchor = -pos_log_prob / num_pos.clamp(min=1)
         weights = has_pos.to(dtype) if anchor_weights is None else anchor_weights.to(dtype) * has_pos
-        return (weights * per_anchor).sum() / weights.sum()
+        # No anchor with a positive (possible on one rank of several with label_graph): 0, not 0/0.
+        return (weights * per_anchor).sum() / weights.sum().clamp(min=torch.finfo(dtype).tiny)
 
 
 def crop_anchor_weights(num_views: int, num_crops: int, weighting: CropWeighting, device: torch.device) -> Tensor:

@@ -19,6 +19,7 @@ from wcl.errors import ConfigError
 from wcl.graph import GraphBackend, weak_label_stats
 from wcl.losses import CropWeighting, NTXentLoss, WeakLabelLoss
 from wcl.models import ProjectionHead, build_backbone
+from wcl.models.compile import compile_backbone, run_backbone
 from wcl.models.layout import set_layout, to_layout
 from wcl.optim import LRScaling, OptimizerName
 
@@ -183,7 +184,7 @@ class WCL(ResumesWhereItStopped, LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         """Backbone features: B×3×H×W → B×D."""
-        return self.backbone(to_layout(self.backbone, x, self.hparams.channels_last))
+        return run_backbone(self.backbone, to_layout(self.backbone, x, self.hparams.channels_last))
 
     def setup(self, stage: str) -> None:
         set_layout(self.backbone, self.device, self.hparams.channels_last)  # self.device: the strategy's device
@@ -194,8 +195,7 @@ class WCL(ResumesWhereItStopped, LightningModule):
                               "all labels).")
         mode = self.hparams.compile_backbone
         if stage == "fit" and (mode is True or (mode == "auto" and self.device.type == "cuda")):
-            # One graph per input shape (views, crops, evaluation) instead of dynamic-shape kernels.
-            self.backbone.compile(mode=self.hparams.compile_mode, dynamic=False)
+            compile_backbone(self.backbone, self.hparams.compile_mode)  # static shapes, padded evaluation batches
 
     def configure_callbacks(self) -> list[Callback]:
         """The callbacks this model's arguments configure: the online kNN and the non-finite-loss guard."""

@@ -1,18 +1,21 @@
-"""Nearest-neighbour search by cosine similarity, in one place: exact faiss, approximate faiss IVF, chunked matmul
-with torch on any device, the merge of per-shard top-k lists and the weighted kNN vote.
+"""Nearest-neighbour search by cosine similarity, in one place: one chunked exact top-k (:func:`topk_cosine`), its
+sharded form over ranks (:func:`sharded_topk`), the merge of top-k lists (:func:`merge_topk`), faiss (exact and
+approximate IVF) and the weighted kNN vote.
 
 Called by the KNN multi-crop's neighbour table (``wcl.callbacks.KnnMultiCrop``), the online and offline kNN
 (``wcl.callbacks.OnlineKnn``, ``wcl.KNNEval``, both through :class:`ShardedKnn`) and the embedding explorer
-(``python -m wcl.explore``). This module imports nothing of wcl but ``wcl.distributed`` (``ShardedKnn``'s gather).
+(``python -m wcl.explore``). This module imports nothing of wcl but ``wcl.distributed`` (the gathers).
 
-Memory: the faiss backends make a float32 copy of the features (ImageNet, ResNet-50: 10.5 GB); the ``torch``
-backend keeps them in their dtype on its device (one copy, made once) and converts one block at a time.
+Ties: every top-k here orders candidates by (similarity descending, id ascending), also when equal similarities
+straddle the k-th place, so a search split into chunks or over ranks returns what one search of the whole
+database returns. Memory: ``topk_cosine`` keeps the database in its dtype on its device and converts one block of
+``chunk × db_chunk`` similarities at a time; the faiss backends make a float32 copy on the host.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -21,22 +24,120 @@ from torch import Tensor
 
 from wcl.distributed import gather_nograd, gather_varlen, world_size
 
-KnnBackend = Literal["faiss", "faiss_ivf", "torch"]
+KnnBackend = Literal["torch", "faiss", "faiss_ivf"]
 
 
-def _drop_self(idx: Tensor, k: int) -> Tensor:
-    """N×(k+1) neighbour ids including (usually) each row itself → N×k without it."""
-    return _drop_self_with(idx, None, k)[0]
+def merge_topk(sim: Tensor, ids: Tensor, k: int, *payload: Tensor) -> tuple[Tensor, ...]:
+    """The k best of Q×M candidates by (similarity descending, id ascending), and what goes with them.
+
+    Args:
+        sim: Q×M similarities; ids: Q×M LongTensor (ties go to the lower id); payload: Q×M tensors (labels, rows).
+
+    Returns:
+        (Q×k similarities, Q×k ids, *Q×k payloads). Candidate lists of several shards concatenated along dim 1
+        merge into the top-k of their union.
+    """
+    by_id = ids.argsort(dim=1, stable=True)
+    best = by_id.gather(1, sim.gather(1, by_id).argsort(dim=1, descending=True, stable=True)[:, :k])
+    return sim.gather(1, best), ids.gather(1, best), *(p.gather(1, best) for p in payload)
 
 
-def _drop_self_with(idx: Tensor, sim: Tensor | None, k: int) -> tuple[Tensor, Tensor | None]:
-    rows = torch.arange(idx.shape[0], device=idx.device)[:, None]
-    is_self = idx == rows
-    # Rows where self is missing (duplicates outrank it) drop their last column instead.
-    no_self = ~is_self.any(dim=1)
-    is_self[no_self, -1] = True
-    keep = ~is_self
-    return idx[keep].view(idx.shape[0], k), None if sim is None else sim[keep].view(idx.shape[0], k)
+def _scores(q: Tensor, db: Tensor, normalize: bool) -> Tensor:
+    """Q×M float32 inner products. Half-precision rows on CUDA multiply as they are with float32 accumulation and
+    output (the products are exact); elsewhere, and with ``normalize``, the rows are converted to float32 first."""
+    if normalize:
+        return F.normalize(q.float(), dim=1) @ F.normalize(db.float(), dim=1).T
+    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and db.dtype == q.dtype:
+        return torch.mm(q, db.T, out_dtype=torch.float32)
+    return q.float() @ db.float().T
+
+
+def _select(sim: Tensor, ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Columns of the k best entries of each row of Q×M ``sim`` by (similarity, lower id of ``ids`` [M]):
+    (Q×k similarities, Q×k columns). ``topk`` alone may cut equal similarities at the k-th place arbitrarily: a
+    row whose (k+1)-th similarity equals its k-th is redone by a stable sort (only exact ties reach it)."""
+    if sim.shape[1] <= k:
+        return sim, torch.arange(sim.shape[1], device=sim.device).expand_as(sim)
+    top = sim.topk(k + 1, dim=1)
+    values, indices = top.values[:, :k], top.indices[:, :k]
+    cut = top.values[:, k] == top.values[:, k - 1]
+    if not bool(cut.any()):
+        return values, indices
+    rows = cut.nonzero().squeeze(1)
+    by_id = ids.argsort(stable=True)
+    cols = by_id[sim[rows][:, by_id].argsort(dim=1, descending=True, stable=True)[:, :k]]
+    values, indices = values.clone(), indices.clone()
+    values[rows], indices[rows] = sim[rows].gather(1, cols), cols
+    return values, indices
+
+
+@torch.no_grad()
+def topk_cosine(queries: Tensor, database: Tensor, k: int, ids: Tensor | None = None, normalize: bool = True,
+                chunk: int = 1024, db_chunk: int = 65536) -> tuple[Tensor, Tensor]:
+    """Exact top-k of every query among the database rows by inner product, chunked: ``chunk`` queries ×
+    ``db_chunk`` rows at a time (memory ≈ chunk × db_chunk float32), on the database's device.
+
+    Args:
+        queries: Q×D; database: N×D (any float dtype; kept in it). With ``normalize`` both are L2-normalized block
+            by block (cosine similarity); without, they are used as they are (unit rows already, e.g. the
+            multi-crop's float16 bank).
+        k: neighbours per query; columns beyond N are filled with (-inf, -1).
+        ids: LongTensor[N], each row's id for breaking ties (default: the row number).
+
+    Returns:
+        (Q×k float32 similarities, Q×k LongTensor database rows), best first, ties to the lower id.
+    """
+    dev, n, nq = database.device, database.shape[0], queries.shape[0]
+    ids = torch.arange(n, device=dev) if ids is None else ids.to(dev)
+    out_s = torch.full((nq, k), -math.inf, device=dev)
+    out_r = torch.full((nq, k), -1, dtype=torch.long, device=dev)
+    if n == 0 or nq == 0:
+        return out_s, out_r
+    for qs in range(0, nq, chunk):
+        q = queries[qs:qs + chunk].to(dev)
+        best_s = best_r = None
+        for ds in range(0, n, db_chunk):
+            sim = _scores(q, database[ds:ds + db_chunk], normalize)
+            s, r = _select(sim, ids[ds:ds + db_chunk], k)
+            r = r + ds
+            if best_s is not None:
+                s, r = torch.cat([best_s, s], 1), torch.cat([best_r, r], 1)
+            best_s, _, best_r = merge_topk(s, ids[r], k, r)
+        out_s[qs:qs + chunk, :best_s.shape[1]], out_r[qs:qs + chunk, :best_r.shape[1]] = best_s, best_r
+    return out_s, out_r
+
+
+@torch.no_grad()
+def sharded_topk(queries: Tensor, shard: Tensor, shard_ids: Tensor, k: int, *payload: Tensor,
+                 normalize: bool = False, chunk: int = 1024, index: Any = None) -> tuple[Tensor, ...]:
+    """Exact top-k over a database split across ranks: each rank scores the queries against its own share on its
+    device (:func:`topk_cosine`) and the ranks' lists are merged (:func:`merge_topk`), so every rank gets what one
+    process holding the whole database gets (ties to the lower id). Every rank must call it with the same
+    queries and ``k``.
+
+    Args:
+        queries: Q×D, the same on every rank; shard: this rank's n_r×D rows; shard_ids: LongTensor[n_r], their
+            global ids; payload: tensors [n_r] carried with the result (e.g. labels).
+        index: a faiss index of this rank's share (:func:`faiss_index`, built once by the caller) that searches it
+            instead of the exact :func:`topk_cosine` (on the host; ties as faiss orders them).
+
+    Returns:
+        (Q×k similarities, Q×k ids, *Q×k payloads), the same on every rank; (-inf, -1, -1) where fewer than k rows
+        exist in all.
+    """
+    if index is None:
+        sim, rows = topk_cosine(queries, shard, k, shard_ids, normalize, chunk)
+    else:
+        s, r = index.search(np.ascontiguousarray(queries.float().cpu().numpy()), k)
+        sim, rows = torch.from_numpy(s).to(shard.device), torch.from_numpy(r).long().to(shard.device)
+    found, rows = rows >= 0, rows.clamp(min=0)
+    out = [sim] + [torch.where(found, t.to(sim.device)[rows], -1) if t.numel() else torch.full_like(rows, -1)
+                   for t in (shard_ids, *payload)]
+    if world_size() > 1:  # rank-major W·Q rows → Q × (W·k) candidates
+        w = world_size()
+        out = [gather_nograd(t).view(w, -1, k).transpose(0, 1).flatten(1) for t in out]
+        out = list(merge_topk(out[0], out[1], k, *out[2:]))
+    return tuple(out)
 
 
 def faiss_index(database: np.ndarray, approximate: bool = False, nprobe: int = 16):
@@ -59,77 +160,41 @@ def faiss_index(database: np.ndarray, approximate: bool = False, nprobe: int = 1
     return index
 
 
-def _knn_faiss(x: np.ndarray, k: int, approximate: bool, nprobe: int) -> np.ndarray:
-    _, idx = faiss_index(x, approximate, nprobe).search(x, k + 1)
-    return idx
-
-
-@torch.no_grad()
-def _topk_torch(queries: Tensor, database: Tensor, k: int, device: torch.device, chunk: int,
-                db_chunk: int = 65536) -> tuple[Tensor, Tensor]:
-    """Exact cosine top-k by chunked matmul: ``chunk`` queries × ``db_chunk`` database rows at a time (memory ≈
-    chunk × db_chunk floats). Each block is normalized in float32 when it is used; the database is copied to
-    ``device`` once in its own dtype (float16 banks stay float16). Returns (Q×k similarities, Q×k ids) on ``device``."""
-    n, nq = database.shape[0], queries.shape[0]
-    database = database.to(device)
-    same = queries is database
-
-    def block(x: Tensor, start: int, size: int) -> Tensor:
-        return F.normalize(x[start : start + size].to(device).float(), dim=1)
-
-    # A database that fits one block is converted once instead of once per query chunk.
-    whole = block(database, 0, n) if n <= db_chunk else None
-    out_s = torch.empty(nq, k, device=device)
-    out_i = torch.empty(nq, k, dtype=torch.long, device=device)
-    for qs in range(0, nq, chunk):
-        q = block(database if same else queries, qs, min(chunk, nq - qs))
-        best_s = best_i = None
-        for ds in range(0, n, db_chunk):
-            db = whole if whole is not None else block(database, ds, db_chunk)
-            top = (q @ db.T).topk(min(k, db.shape[0]), dim=1)
-            s, i = top.values, top.indices + ds
-            if best_s is not None:
-                s, i = merge_topk(torch.cat([best_s, s], 1), torch.cat([best_i, i], 1), k)
-            best_s, best_i = s, i
-        out_s[qs : qs + chunk], out_i[qs : qs + chunk] = best_s, best_i
-    return out_s, out_i
-
-
-@torch.no_grad()
-def _knn_torch(x: Tensor, k: int, device: torch.device, chunk: int, db_chunk: int = 65536,
-               num_queries: int | None = None) -> Tensor:
-    """Top-(k+1) ids (self included) of the first ``num_queries`` rows (default: all; fewer lets
-    ``benchmarks/knn_table.py`` time ImageNet scale) among every row of ``x``, on the CPU."""
-    x = x.to(device)
-    queries = x if num_queries is None else x[:num_queries]
-    return _topk_torch(queries, x, k + 1, device, chunk, db_chunk)[1].cpu()
-
-
-def search(queries: Tensor, database: Tensor, k: int, backend: KnnBackend = "faiss", nprobe: int = 16,
+def search(queries: Tensor, database: Tensor, k: int, backend: KnnBackend = "torch", nprobe: int = 16,
            device: torch.device | str = "cpu", chunk: int = 2048) -> tuple[Tensor, Tensor]:
     """The ``k`` most cosine-similar database rows of every query.
 
     Args:
         queries: Q×D; database: N×D (any float dtype; normalized here). ``k`` is clamped to N.
-        backend: ``faiss`` (exact, ``IndexFlatIP``), ``faiss_ivf`` (approximate IVF, for N beyond a few million;
-            ``nprobe`` lists searched) or ``torch`` (exact chunked matmul on ``device``, e.g. the GPU).
+        backend: ``torch`` (exact, :func:`topk_cosine` on ``device``, e.g. the GPU), ``faiss`` (exact,
+            ``IndexFlatIP``) or ``faiss_ivf`` (approximate IVF, for N beyond a few million; ``nprobe`` lists).
 
     Returns:
         (Q×k float32 similarities, Q×k LongTensor database ids), best first, on the CPU.
     """
     k = min(k, database.shape[0])
     if backend == "torch":
-        s, i = _topk_torch(queries, database, k, torch.device(device), chunk)
+        s, i = topk_cosine(queries, database.to(device), k, chunk=chunk)
         return s.cpu(), i.cpu()
     if backend not in ("faiss", "faiss_ivf"):
-        raise ValueError(f"unknown KNN backend {backend!r}; choose 'faiss', 'faiss_ivf' or 'torch'")
+        raise ValueError(f"unknown KNN backend {backend!r}; choose 'torch', 'faiss' or 'faiss_ivf'")
     db = F.normalize(database.float(), dim=1).cpu().numpy()
     q = db if queries is database else F.normalize(queries.float(), dim=1).cpu().numpy()
     s, i = faiss_index(db, backend == "faiss_ivf", nprobe).search(q, k)
     return torch.from_numpy(s), torch.from_numpy(i).long()
 
 
-def knn_table(features: Tensor, k: int, backend: KnnBackend = "faiss", nprobe: int = 16,
+def drop_self(sim: Tensor, ids: Tensor, query_ids: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Q×(k+1) neighbours including (usually) each query itself → Q×k without it; a row whose self is missing
+    (k+1 duplicates outrank or tie it) drops its last column instead."""
+    is_self = ids == query_ids[:, None]
+    is_self[~is_self.any(dim=1), -1] = True
+    is_self &= is_self.cumsum(1) == 1  # only the first match, should an id repeat
+    keep = ~is_self
+    return sim[keep].view(-1, k), ids[keep].view(-1, k)
+
+
+def knn_table(features: Tensor, k: int, backend: KnnBackend = "torch", nprobe: int = 16,
               device: torch.device | str = "cpu", chunk: int = 2048) -> Tensor:
     """K nearest neighbours of every row by inner product of L2-normalized features, self excluded.
 
@@ -144,7 +209,7 @@ def knn_table(features: Tensor, k: int, backend: KnnBackend = "faiss", nprobe: i
     return neighbors_of_rows(features, k, backend, nprobe, device, chunk)[1]
 
 
-def neighbors_of_rows(features: Tensor, k: int, backend: KnnBackend = "faiss", nprobe: int = 16,
+def neighbors_of_rows(features: Tensor, k: int, backend: KnnBackend = "torch", nprobe: int = 16,
                       device: torch.device | str = "cpu", chunk: int = 2048) -> tuple[Tensor, Tensor]:
     """(N×k similarities, N×k ids) of every row's k nearest other rows (see :func:`knn_table`)."""
     n = features.shape[0]
@@ -152,16 +217,7 @@ def neighbors_of_rows(features: Tensor, k: int, backend: KnnBackend = "faiss", n
         raise ValueError(f"the K-NN search needs 0 < K < dataset size; got K={k} for {n} samples. "
                          "Lower K (e.g. the k of wcl.callbacks.KnnMultiCrop).")
     sim, idx = search(features, features, k + 1, backend, nprobe, device, chunk)
-    idx, sim = _drop_self_with(idx, sim, k)
-    return sim, idx
-
-
-def merge_topk(sim: Tensor, payload: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The k best of Q×M candidate similarities and what goes with them (ids, labels): (Q×k, Q×k).
-
-    Candidates of several shards concatenated along dim 1 merge into the top-k of the union."""
-    best = sim.topk(min(k, sim.shape[1]), dim=1)
-    return best.values, payload.gather(1, best.indices)
+    return drop_self(sim, idx, torch.arange(n), k)
 
 
 def knn_vote(sim: Tensor, labels: Tensor, num_classes: int, temperature: float = 0.1) -> Tensor:
@@ -197,12 +253,12 @@ def knn_predict(queries: Tensor, bank: Tensor, bank_labels: Tensor, num_classes:
 
 class ShardedKnn:
     """Weighted kNN with the bank split over ranks: each rank keeps only its share of the bank (the samples its
-    loader gave it), scores every query against that share, and the per-rank top-k lists are merged
-    (:func:`merge_topk`), so the result equals one process holding the whole bank.
+    loader gave it), and the ranks search it together (:func:`sharded_topk`), so the result equals one process
+    holding the whole bank.
 
     Peak memory per rank: the bank share (N/W × D float32), one chunk of similarities (chunk × N/W float32) and the
-    gathered top-k candidates (W × chunk × k similarities and labels) — for ImageNet on 8 GPUs with ResNet-50
-    (N = 1.28 M, D = 2048, chunk 1024, k 200): 1.3 GB + 0.65 GB + 20 MB, instead of the whole 10.5 GB bank on
+    gathered top-k candidates (W × chunk × k similarities, ids and labels) — for ImageNet on 8 GPUs with ResNet-50
+    (N = 1.28 M, D = 2048, chunk 1024, k 200): 1.3 GB + 0.65 GB + 40 MB, instead of the whole 10.5 GB bank on
     every rank.
     """
 
@@ -213,13 +269,19 @@ class ShardedKnn:
         self.reset()
 
     def reset(self) -> None:
-        self._bank: list[tuple[Tensor, Tensor]] = []
+        self._bank: list[tuple[Tensor, Tensor, Tensor]] = []
         self._queries: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._rows = 0
 
-    def add_bank(self, feats: Tensor, labels: Tensor) -> None:
-        """This rank's bank samples: feats B×D, labels LongTensor[B] (-1 = unlabelled, ignored)."""
+    def add_bank(self, feats: Tensor, labels: Tensor, index: Tensor | None = None) -> None:
+        """This rank's bank samples: feats B×D, labels LongTensor[B] (-1 = unlabelled, ignored), index: their
+        dataset indices (ties go to the lower one; default: the order of arrival)."""
+        if index is None:
+            index = torch.arange(self._rows, self._rows + feats.shape[0], device=labels.device)
+        self._rows += feats.shape[0]
         keep = labels >= 0
-        self._bank.append((F.normalize(feats.detach().float(), dim=1)[keep], labels[keep]))
+        feats = F.normalize(feats.detach().float(), dim=1)
+        self._bank.append((feats[keep], labels[keep], index.to(labels.device)[keep]))
 
     def add_queries(self, index: Tensor, feats: Tensor, labels: Tensor) -> None:
         """Queries of this rank (index: dataset index, used to drop the repeats of padded distributed samplers)."""
@@ -233,23 +295,16 @@ class ShardedKnn:
         """Q×C vote scores of normalized queries (the same on every rank; every rank must call this)."""
         dev = queries.device
         if self._bank:
-            bank, labels = (torch.cat(t).to(dev) for t in zip(*self._bank, strict=True))
+            bank, labels, ids = (torch.cat(t).to(dev) for t in zip(*self._bank, strict=True))
         else:
             bank, labels = queries.new_zeros(0, queries.shape[1]), torch.zeros(0, dtype=torch.long, device=dev)
+            ids = labels
         total = int(gather_nograd(torch.tensor([bank.shape[0]], device=dev)).sum())
         k = min(self.k, total)
         out = []
         for start in range(0, queries.shape[0], self.chunk_size):
-            q = queries[start:start + self.chunk_size]
-            sim = torch.full((q.shape[0], k), -float("inf"), device=dev)
-            lab = torch.full((q.shape[0], k), -1, dtype=torch.long, device=dev)
-            if bank.shape[0] > 0:
-                top = (q @ bank.T).topk(min(k, bank.shape[0]), dim=1)
-                sim[:, : top.values.shape[1]], lab[:, : top.values.shape[1]] = top.values, labels[top.indices]
-            if world_size() > 1:  # merge every rank's top-k: rank-major W·q rows → q × (W·k) candidates
-                sim = gather_nograd(sim).view(world_size(), -1, k).transpose(0, 1).flatten(1)
-                lab = gather_nograd(lab).view(world_size(), -1, k).transpose(0, 1).flatten(1)
-                sim, lab = merge_topk(sim, lab, k)
+            sim, _, lab = sharded_topk(queries[start:start + self.chunk_size], bank, ids, k, labels,
+                                       chunk=self.chunk_size)
             out.append(knn_vote(sim, lab, num_classes, self.temperature))
         return torch.cat(out) if out else torch.zeros(0, num_classes, device=dev)
 

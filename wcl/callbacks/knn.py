@@ -78,7 +78,7 @@ class OnlineKnn(Callback):
         for batch in self._bank_loader:
             batch = dm.on_after_batch_transfer(move_data_to_device(batch, pl_module.device), 0)
             with trainer.precision_plugin.forward_context():
-                self.scorer.add_bank(pl_module(batch["image"]), batch["label"])
+                self.scorer.add_bank(pl_module(batch["image"]), batch["label"], batch.get("index"))
         acc = self.scorer.accuracy(self.num_classes)
         self.scorer.reset()
         for name, value in acc.items():  # the same value on every rank

@@ -1,16 +1,18 @@
 """``KnnMultiCrop``: the lifecycle of WCL's KNN low-resolution multi-crop — feature bank, search, table.
 
-During epoch e the callback keeps the L2-normalized backbone feature ``h`` of each sample's first view, by dataset
-index, as ``training_step`` returns it (no extra forward pass), gathered from every rank into rank 0's bank. After
-the epoch's last batch — before validation and before any checkpoint of the epoch — rank 0 finds every sample's K
-nearest neighbours (self excluded), every rank receives the table and writes it into the shared-memory
-:class:`~wcl.data.crops.NeighborTable` its data module reads, and each low-resolution crop of sample i in epoch
-e+1 is cut from an image drawn from i's K neighbours. Bank and table are in the callback's checkpoint state, so a
-resumed run — also one resumed in the middle of an epoch — gets the same tables as an uninterrupted one.
+During epoch e each rank keeps the L2-normalized backbone feature ``h`` of the first view of every sample its
+loader gives it, as ``training_step`` returns it (no extra forward pass), in its own :class:`FeatureBank` on its
+training device: a step writes B rows there and nothing else (no collective, no host copy). After the epoch's last
+batch — before validation and before any checkpoint of the epoch — the ranks find every sample's K nearest
+neighbours together (:func:`neighbor_table`: each rank scores every query against its own rows, the top-k lists are
+merged), every rank ends with the same N × K table, and :meth:`KnnMultiCrop._publish` writes it into the
+shared-memory :class:`~wcl.data.crops.NeighborTable` its data module reads: each low-resolution crop of sample i in
+epoch e+1 is cut from an image drawn from i's K neighbours.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Literal
 
@@ -21,75 +23,126 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from wcl.data.crops import NeighborRule, NeighborTable, restrict_neighbors
-from wcl.distributed import gather_nograd
+from wcl.distributed import gather_nograd, gather_varlen, rank, world_size
 from wcl.errors import ConfigError
-from wcl.neighbors import KnnBackend, knn_table, neighbor_purity
+from wcl.neighbors import KnnBackend, drop_self, faiss_index, neighbor_purity, sharded_topk
+
+# ``save_bank: auto`` puts the bank in checkpoints up to this size (CIFAR-10 / ResNet-50: 205 MB; ImageNet: 5.2 GB).
+AUTO_SAVE_BANK_BYTES = 1 << 30
 
 
 class FeatureBank:
-    """N×D float16 store of each sample's latest primary feature, written by dataset index, on ``device``.
+    """This rank's rows of the epoch's features: ``size`` rows of (dataset index, unit feature in float16), in
+    the order they were written, on ``device``. Writing is a slice assignment on the device; the buffers grow
+    (doubling) only when a write does not fit, which the host decides from shapes alone."""
 
-    A sample not drawn in an epoch (``drop_last``) keeps its feature from the last epoch that drew it; a sample never
-    drawn yet gets itself as its K neighbours (its crops then come from its own image).
+    def __init__(self, dim: int, device: torch.device | str = "cpu", capacity: int = 0) -> None:
+        self.features = torch.empty(capacity, dim, dtype=torch.float16, device=device)
+        self.index = torch.empty(capacity, dtype=torch.long, device=device)
+        self.size = 0
+
+    def reserve(self, rows: int) -> None:
+        if rows > self.index.shape[0]:
+            cap = max(rows, 2 * self.index.shape[0])
+            features = self.features.new_empty(cap, self.features.shape[1])
+            index = self.index.new_empty(cap)
+            features[: self.size], index[: self.size] = self.features[: self.size], self.index[: self.size]
+            self.features, self.index = features, index
+
+    def write(self, index: Tensor, feats: Tensor, normalize: bool = True) -> None:
+        """index: LongTensor[B] dataset indices; feats: B×D (stored normalized, float16), both on the bank's device
+        (``normalize=False``: rows of a bank, stored as they are)."""
+        b = index.shape[0]
+        self.reserve(self.size + b)
+        rows = F.normalize(feats.detach().float(), dim=1) if normalize else feats
+        self.features[self.size : self.size + b] = rows.to(torch.float16)
+        self.index[self.size : self.size + b] = index
+        self.size += b
+
+    def rows(self) -> tuple[Tensor, Tensor]:
+        """(LongTensor[size] dataset indices, size×D float16 features) written so far."""
+        return self.index[: self.size], self.features[: self.size]
+
+    def clear(self) -> None:
+        self.size = 0
+
+
+@torch.no_grad()
+def neighbor_table(index: Tensor, features: Tensor, previous: Tensor, k: int, backend: KnnBackend = "torch",
+                   nprobe: int = 16, step_queries: int = 16384, chunk: int = 1024) -> Tensor:
+    """The N×k neighbour table of every sample some rank has a feature for, self excluded; the same on every rank
+    (every rank must call it).
+
+    The queries travel in steps: each rank contributes ⌈step_queries / W⌉ of its rows (an all-gather), every rank
+    scores the step's queries against its own rows and the ranks' top-(k+1) lists are merged
+    (:func:`wcl.neighbors.sharded_topk`). Per rank this holds its own rows, one step of queries and one block of
+    similarities; with ``torch`` the search is exact and gives what one process holding every row gives (ties to
+    the lower dataset index).
+
+    Args:
+        index: LongTensor[n_r], dataset indices of this rank's rows; features: n_r×D unit rows (float16), on this
+            rank's device.
+        previous: N×k table on the host: the rows of samples no rank has a feature for are kept from it.
+        backend: ``torch`` (exact, on the features' device), ``faiss`` (exact) or ``faiss_ivf`` (approximate,
+            ``nprobe`` lists) on a host copy of this rank's rows.
+
+    Returns:
+        IntTensor N×k on the host.
     """
-
-    def __init__(self, num_samples: int, dim: int, device: torch.device | str = "cpu") -> None:
-        self.features = torch.zeros(num_samples, dim, dtype=torch.float16, device=device)
-        self.seen = torch.zeros(num_samples, dtype=torch.bool, device=device)
-
-    def write(self, index: Tensor, feats: Tensor) -> None:
-        """index: LongTensor[B]; feats: B×D (stored normalized, float16, on the bank's device)."""
-        dev = self.features.device
-        self.features[index.to(dev)] = F.normalize(feats.detach().float(), dim=1).to(dev, torch.float16)
-        self.seen[index.to(dev)] = True
-
-    def neighbors(self, k: int, backend: KnnBackend = "faiss", nprobe: int = 16) -> tuple[Tensor, float]:
-        """(N×k neighbour table on the host, seconds), searched among the samples seen so far."""
-        start = time.perf_counter()
-        seen = self.seen.nonzero().squeeze(1).cpu()
-        table = torch.arange(len(self.seen))[:, None].repeat(1, k)
-        if len(seen) > k:
-            feats = self.features[seen.to(self.features.device)]
-            table[seen] = seen[knn_table(feats, k, backend, nprobe, self.features.device)]
-        return table, time.perf_counter() - start
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"features": self.features.cpu(), "seen": self.seen.cpu()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.features.copy_(state["features"])
-        self.seen.copy_(state["seen"])
+    dev, w, n = features.device, world_size(), previous.shape[0]
+    sizes = gather_nograd(torch.tensor([index.shape[0]], device=dev)).tolist()
+    if sum(sizes) <= k:  # too few features for k neighbours: nothing changes
+        return previous.to(torch.int32).clone()
+    table = torch.empty(n + 1, k, dtype=torch.int32, device=dev)  # row n receives the padding rows
+    table[:n] = previous.to(dev)
+    faiss = None
+    if backend != "torch" and index.shape[0] > 0:
+        faiss = faiss_index(features.float().cpu().numpy(), backend == "faiss_ivf", nprobe)
+    c = min(-(-step_queries // w), max(sizes))
+    for start in range(0, max(sizes), c):
+        q_feats, q_ids = features[start : start + c], index[start : start + c]
+        if q_ids.shape[0] < c:  # the same shape on every rank for the gathers; the padding rows' results are dropped
+            pad = c - q_ids.shape[0]  # (copies of a row, not zeros: a zero row ties everywhere, the slow case)
+            fill = q_feats[:1].expand(pad, -1) if q_ids.shape[0] else q_feats.new_zeros(pad, q_feats.shape[1])
+            q_feats = torch.cat([q_feats, fill])
+            q_ids = torch.cat([q_ids, q_ids.new_full((pad,), -1)])
+        q_feats, q_ids = gather_nograd(q_feats), gather_nograd(q_ids)
+        sim, ids = sharded_topk(q_feats, features, index, k + 1, chunk=chunk, index=faiss)
+        _, nbrs = drop_self(sim, ids, q_ids, k)
+        table[torch.where(q_ids >= 0, q_ids, n)] = nbrs.to(torch.int32)
+    return table[:n].cpu()
 
 
 class KnnMultiCrop(Callback):
-    """Computes the neighbour table of ``data.small_crop_source: neighbors`` after every epoch.
+    """Computes the neighbour table of ``data.small_crop_source: neighbors`` after every epoch, from features kept
+    on the ranks that trained on them.
 
     Args:
         k: neighbours per sample the crops are drawn from.
-        backend: ``faiss`` (exact inner product), ``faiss_ivf`` (approximate, for N beyond a few million) or
-            ``torch`` (exact chunked matmul on the bank's device, e.g. the GPU).
+        backend: ``torch`` (exact chunked matmul on each rank's training device), ``faiss`` (exact) or
+            ``faiss_ivf`` (approximate, for N beyond a few million; on a host copy of each rank's rows).
         nprobe: lists ``faiss_ivf`` searches.
-        bank_device: ``auto`` keeps rank 0's bank (N×D float16: CIFAR-10 / ResNet-18 51 MB, ImageNet / ResNet-50
-            5.2 GB) on the training device, so writing it never waits for the device; ``cpu`` in host memory.
-        save_bank: put the bank in checkpoints (N×D float16), which makes a resume in the middle of an epoch exact;
-            without it such a resume gives the samples seen before the stop themselves as neighbours once.
-        rule: which of the K neighbours a crop may be cut from (:func:`wcl.data.crops.restrict_neighbors`):
-            ``all`` (the paper), ``reciprocal``, ``stable`` (also in the previous epoch's K) or ``nearest``; a
-            neighbour the rule drops is replaced by the sample itself.
+        save_bank: put the features written so far in the epoch in checkpoints (gathered from every rank at save
+            time: N×D float16 at most), which makes a resume in the middle of an epoch exact; ``auto`` does so when
+            the whole bank is at most 1 GiB (CIFAR-10 / ResNet-50: 205 MB; not ImageNet: 5.2 GB). Without it, such
+            a resume logs one warning line: the samples trained before the stop keep their previous neighbours in
+            the next table and are no sample's neighbour in it.
+        rule: which of the K neighbours a crop may be cut from (:func:`wcl.data.crops.restrict_neighbors`, reading
+            no labels): ``all`` (the paper), ``reciprocal``, ``stable`` (also among the previous epoch's K) or
+            ``nearest``; a neighbour the rule drops is replaced by the sample itself.
     """
 
-    def __init__(self, k: int = 5, backend: KnnBackend = "faiss", nprobe: int = 16,
-                 bank_device: Literal["auto", "cpu"] = "auto", save_bank: bool = True,
-                 rule: NeighborRule = "all") -> None:
+    def __init__(self, k: int = 5, backend: KnnBackend = "torch", nprobe: int = 16,
+                 save_bank: bool | Literal["auto"] = "auto", rule: NeighborRule = "all") -> None:
         if k < 1 or nprobe < 1:
             raise ConfigError(f"KnnMultiCrop needs k >= 1 and nprobe >= 1, got k={k}, nprobe={nprobe}")
-        self.k, self.backend, self.nprobe, self.bank_device, self.save_bank = k, backend, nprobe, bank_device, save_bank
-        self.rule = rule
+        self.k, self.backend, self.nprobe, self.save_bank, self.rule = k, backend, nprobe, save_bank, rule
         self.table: NeighborTable | None = None
         self.searched: Tensor | None = None  # the last search's table, before the rule
         self.bank: FeatureBank | None = None
         self._labels: Tensor | None = None
-        self._pending_bank: dict[str, Tensor] | None = None
+        self._pending_bank: dict[str, Any] | None = None
+        self._epoch = 0
         self.active = True
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -108,54 +161,90 @@ class KnnMultiCrop(Callback):
         crops.attach(self.table)
         self._labels = source.labels("pretrain")
 
+    def _saves_bank(self, dim: int) -> bool:
+        if self.save_bank == "auto":
+            return len(self.table.table) * dim * 2 <= AUTO_SAVE_BANK_BYTES
+        return bool(self.save_bank)
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.active and trainer.is_global_zero and self.bank is None:
-            device = pl_module.device if self.bank_device == "auto" else torch.device("cpu")
-            self.bank = FeatureBank(len(self.table.table), pl_module.backbone.out_dim, device)
-            if self._pending_bank is not None:
-                self.bank.load_state_dict(self._pending_bank)
-                self._pending_bank = None
+        if not self.active or self.bank is not None:
+            return
+        self._epoch = trainer.current_epoch
+        self.bank = FeatureBank(pl_module.backbone.out_dim, pl_module.device)
+        pending, self._pending_bank = self._pending_bank, None
+        if pending is None or int(pending["epoch"]) != trainer.current_epoch or int(pending["rows"]) == 0:
+            return
+        if "index" in pending:  # every rank takes every W-th saved row (any split gives the same table)
+            w, r, dev = world_size(), rank(), pl_module.device
+            self.bank.write(pending["index"][r::w].to(dev), pending["features"][r::w].to(dev), normalize=False)
+        elif trainer.is_global_zero:
+            print(
+                f"wcl: warning: resumed in the middle of epoch {trainer.current_epoch + 1} from a checkpoint without "
+                f"the multi-crop feature bank (KnnMultiCrop save_bank: {self.save_bank}): the {pending['rows']} "
+                "samples trained before the stop keep their previous neighbours in the table built at the end of this "
+                "epoch and are no sample's neighbour in it. Set save_bank: true for an exact resume.",
+                file=sys.stderr, flush=True)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if not self.active:
             return
-        feats, index = gather_nograd(outputs["h1"]), gather_nograd(outputs["index"])
-        if self.bank is not None:
-            self.bank.write(index, feats)
+        if self.bank.size == 0 and self.bank.index.shape[0] == 0:  # sized once, for this rank's epoch
+            self.bank.reserve(trainer.num_training_batches * outputs["index"].shape[0])
+        self.bank.write(outputs["index"], outputs["h1"])
         if batch_idx + 1 == trainer.num_training_batches:
             self._update(trainer, pl_module)
 
     def _update(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        result = self.bank.neighbors(self.k, self.backend, self.nprobe) if self.bank is not None else None
-        searched, seconds = trainer.strategy.broadcast(result, src=0)  # rank 0 searches; every rank gets the table
+        start = time.perf_counter()
+        previous = self.searched if self.searched is not None else self.table.table
+        searched = neighbor_table(*self.bank.rows(), previous, self.k, self.backend, self.nprobe)
+        seconds = time.perf_counter() - start
+        self.bank.clear()
         table = restrict_neighbors(searched, self.rule, self.searched)
         self.searched = searched
-        self.table.update(table, trainer.current_epoch)
+        self._publish(table, trainer.current_epoch)
         # Logged per epoch (on_step logging would drop them unless the step hits log_every_n_steps).
         log = {"multicrop/knn_seconds": seconds}
-        own = torch.arange(len(table))[:, None]
-        cut_from_neighbor = table != own
+        from_neighbor = table != torch.arange(len(table), dtype=table.dtype)[:, None]
         if self.rule != "all":
-            log["multicrop/neighbor_share"] = float(cut_from_neighbor.float().mean())
-        if self._labels is not None:  # diagnostics against the true classes; nothing reads them back
-            for key, t in (("neighbor_purity", searched), ("kept_purity", table if self.rule != "all" else None)):
-                kept = cut_from_neighbor if key == "kept_purity" else None
-                purity = neighbor_purity(t, self._labels, kept) if t is not None else None
-                if purity is not None:
-                    log[f"multicrop/{key}"] = purity
+            log["multicrop/neighbor_share"] = float(from_neighbor.float().mean())
+        if self._labels is not None and trainer.is_global_zero:  # against the true classes: diagnostics only
+            purity = {"neighbor_purity": neighbor_purity(searched, self._labels)}
+            if self.rule != "all":
+                purity["kept_purity"] = neighbor_purity(table, self._labels, from_neighbor)
+            log |= {f"multicrop/{key}": value for key, value in purity.items() if value is not None}
         pl_module.log_dict(log, on_step=False, on_epoch=True, rank_zero_only=True)
 
+    def _publish(self, table: Tensor, epoch: int) -> None:
+        """Hands the finished N×K table of ``epoch`` (IntTensor on the host, the same on every rank) to the data's
+        :class:`~wcl.data.crops.NeighborTable`. Until this returns, ``self.table.table`` still holds the previous
+        epoch's table (sample i's own index K times before the first)."""
+        self.table.update(table, epoch)
+
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"table": self.table.table.clone(), "epoch": self.table.epoch} if self.table else {}
+        if self.table is None:
+            return {}
+        state: dict[str, Any] = {"table": self.table.table.clone(), "epoch": self.table.epoch}
         if self.searched is not None:
             state["searched"] = self.searched.clone()
-        if self.save_bank and self.bank is not None:
-            state["bank"] = self.bank.state_dict()
+        if self.bank is not None:  # every rank is here (Lightning collects callback states on all ranks)
+            index, feats = self.bank.rows()
+            rows = int(gather_nograd(torch.tensor([index.shape[0]], device=index.device)).sum())
+            bank: dict[str, Any] = {"epoch": self._epoch, "rows": rows}
+            if self._saves_bank(feats.shape[1]):
+                bank |= {"index": gather_varlen(index).cpu(), "features": gather_varlen(feats).cpu()}
+            state["bank"] = bank
         return state
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch = trainer.current_epoch  # (a run resumed in the middle of an epoch starts it in on_train_start)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.table is not None and "table" in state:
             self.table.update(torch.as_tensor(state["table"]), int(state["epoch"]))
         self.searched = state.get("searched")
-        self._pending_bank = state.get("bank")
+        bank = state.get("bank")
+        if bank is not None and "rows" not in bank:  # written before the bank was sharded: the whole N×D bank
+            bank = None
+        self._pending_bank = bank

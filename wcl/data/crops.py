@@ -29,20 +29,20 @@ def restrict_neighbors(table: Tensor, rule: NeighborRule, previous: Tensor | Non
     * ``nearest``: the first neighbour only, in every slot.
 
     Args:
-        table: LongTensor[N, K], sample i's neighbours by similarity, nearest first (i itself where it has none).
+        table: integer N×K, sample i's neighbours by similarity, nearest first (i itself where it has none).
         rule: one of the above.
-        previous: LongTensor[N, K], the unrestricted table of the epoch before (``stable`` only).
+        previous: integer N×K, the unrestricted table of the epoch before (``stable`` only).
 
     Returns:
-        LongTensor[N, K] on ``table``'s device.
+        N×K of ``table``'s dtype and device.
     """
     if rule == "all":
         return table
-    own = torch.arange(table.shape[0], device=table.device)[:, None].expand_as(table)
+    own = torch.arange(table.shape[0], dtype=table.dtype, device=table.device)[:, None].expand_as(table)
     if rule == "nearest":
         return table[:, :1].expand_as(table).clone()
     if rule == "reciprocal":
-        keep = (table[table] == own[..., None]).any(dim=2)  # N×K×K: is i among the neighbours of table[i, k]?
+        keep = (table[table.long()] == own[..., None]).any(dim=2)  # N×K×K: is i among table[i, k]'s neighbours?
     elif rule == "stable":
         if previous is None:
             return own.clone()
@@ -53,7 +53,8 @@ def restrict_neighbors(table: Tensor, rule: NeighborRule, previous: Tensor | Non
 
 
 class NeighborTable:
-    """``table[i]`` = the K neighbours of sample i computed at the end of epoch ``epoch`` (-1: none yet).
+    """``table[i]`` = the K neighbours of sample i computed at the end of epoch ``epoch`` (IntTensor N×K; before the
+    first table, epoch -1, sample i itself K times).
 
     Both tensors are in shared memory and are updated in place, so data-loader workers (forked or spawned,
     persistent or not) always read the current table. ``on(device)`` is a copy for batched crop draws, made again
@@ -61,7 +62,7 @@ class NeighborTable:
     """
 
     def __init__(self, num_samples: int, k: int) -> None:
-        self.table = torch.zeros(num_samples, k, dtype=torch.long).share_memory_()
+        self.table = torch.arange(num_samples, dtype=torch.int32)[:, None].repeat(1, k).share_memory_()
         self._epoch = torch.full((1,), -1, dtype=torch.long).share_memory_()
         self._copies: dict[torch.device, Tensor] = {}
 
@@ -150,4 +151,4 @@ class CropSource:
             return index[:, None].expand(-1, n)
         table = self.table.on(index.device)
         picks = (u[:, :n] * table.shape[1]).long()
-        return table[index[:, None], picks]
+        return table[index[:, None], picks].long()
