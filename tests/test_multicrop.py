@@ -190,7 +190,7 @@ def _drive(rank: int, world: int, stop_at: int | None = None, save_bank: bool = 
     batches = list(drawn[rank::world].split(4))
     trainer = SimpleNamespace(current_epoch=0, is_global_zero=rank == 0, num_training_batches=len(batches))
     module = SimpleNamespace(backbone=SimpleNamespace(out_dim=16), device=torch.device("cpu"),
-                             log=lambda *args, **kwargs: None)
+                             log=lambda *args, **kwargs: None, log_dict=lambda *args, **kwargs: None)
 
     def fresh(state: dict | None = None) -> KnnMultiCrop:
         cb = KnnMultiCrop(k=3, save_bank=save_bank)
