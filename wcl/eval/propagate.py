@@ -21,7 +21,7 @@ from wcl.callbacks.knn import OnlineKnn
 from wcl.distributed import gather_varlen
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
-from wcl.neighbors import ShardedKnn, merge_topk, neighbors_of_rows
+from wcl.neighbors import ShardedKnn, neighbors_of_rows, topk_cosine
 
 
 def affinity(features: Tensor, k: int = 50, gamma: float = 3.0) -> Tensor:
@@ -106,27 +106,26 @@ class PropagatedKnn(ShardedKnn):
         super().__init__(k, temperature)
         self.graph_k, self.gamma, self.alpha, self.iters = graph_k, gamma, alpha, iters
 
-    def add_bank(self, feats: Tensor, labels: Tensor) -> None:
-        """This rank's bank samples: feats B×D, labels LongTensor[B] (-1 = unlabelled: propagated to)."""
-        self._bank.append((F.normalize(feats.detach().float(), dim=1), labels))
+    def add_bank(self, feats: Tensor, labels: Tensor, index: Tensor | None = None) -> None:
+        """This rank's bank samples: feats B×D, labels LongTensor[B] (-1 = unlabelled: propagated to), index: their
+        dataset indices (default: the order of arrival)."""
+        if index is None:
+            index = torch.arange(self._rows, self._rows + feats.shape[0], device=labels.device)
+        self._rows += feats.shape[0]
+        self._bank.append((F.normalize(feats.detach().float(), dim=1), labels, index.to(labels.device)))
 
     def scores(self, queries: Tensor, num_classes: int) -> Tensor:
         dev = queries.device
-        bank, labels = (gather_varlen(torch.cat(t).to(dev)) for t in zip(*self._bank, strict=True))
+        bank, labels, ids = (gather_varlen(torch.cat(t).to(dev)) for t in zip(*self._bank, strict=True))
+        order = torch.argsort(ids)  # dataset order: the graph of one process, however the ranks split the bank
+        bank, labels = bank[order], labels[order]
         if not bool((labels >= 0).any()):
             raise ConfigError("label propagation needs known labels among the training images, and there are none; "
                               "set --data.label_fraction (or --data.subset_file).")
         dist, _ = label_distribution(propagate(affinity(bank, self.graph_k, self.gamma), labels, num_classes,
                                                self.alpha, self.iters))
-        k = min(self.k, bank.shape[0])
-        out = []
-        for start in range(0, queries.shape[0], self.chunk_size):
-            sim, ids = merge_topk(queries[start:start + self.chunk_size] @ bank.T,
-                                  torch.arange(bank.shape[0], device=dev).expand(min(self.chunk_size,
-                                                                                    queries.shape[0] - start), -1), k)
-            weights = (sim / self.temperature).exp()
-            out.append(torch.einsum("qk,qkc->qc", weights, dist[ids]))
-        return torch.cat(out) if out else torch.zeros(0, num_classes, device=dev)
+        sim, rows = topk_cosine(queries, bank, min(self.k, bank.shape[0]), normalize=False, chunk=self.chunk_size)
+        return torch.einsum("qk,qkc->qc", (sim / self.temperature).exp(), dist[rows])
 
 
 class LabelPropagation(OnlineKnn):
