@@ -148,6 +148,19 @@ def test_epoch_sampler_order_resume_and_state():
     assert (after.epoch, after.position) == (3, 0)
 
 
+def test_cpu_path_seeds_are_the_counter_hash_of_the_device_path():
+    """The CPU path seeds torch's generator per sample with two keys of the device path's counter hash: a pure
+    function of (seed, epoch, index), distinct for every sample and epoch."""
+    from wcl.data.sampling import TORCH_SEED, sample_keys, sample_seed
+
+    index = torch.arange(2000)
+    for seed, epoch in ((0, 0), (7, 3), (-1, 2**40)):
+        hi, lo = (sample_keys(index, seed, epoch, TORCH_SEED + k).tolist() for k in (0, 1))
+        assert [sample_seed(seed, epoch, i) for i in range(2000)] == [h << 32 | v for h, v in zip(hi, lo, strict=True)]
+    seeds = {sample_seed(0, e, i) for e in range(10) for i in range(2000)}
+    assert len(seeds) == 20_000 and all(0 <= s < 2**64 for s in seeds)
+
+
 def test_device_path_batches_become_views_and_crops():
     dm = WCLDataModule(batch_size=8, num_workers=0, train_per_class=3, augment_on="device", num_small_crops=2,
                        small_crop_source="self")

@@ -2,17 +2,20 @@
 (seed, epoch, index).
 
 That makes a resumed run see exactly the batches and augmentations of an uninterrupted one, and N ranks see the
-same samples as one process would (up to the sampler's split of the epoch). Two sources of per-sample randomness:
+same samples as one process would (up to the sampler's split of the epoch). One counter-based scheme serves both
+augmentation paths: :func:`sample_keys` hashes (seed, epoch, stream, index) into a key, with no generator state, on
+Python ints or on tensors of any device, and then
 
-* :func:`sample_seed` seeds torch's generator for one sample inside a data-loader worker (the CPU path);
-* :func:`uniforms` is a counter-based generator on any device: a batch of keys in, independent uniforms out, with
-  no generator state and no host synchronisation (the batched device path).
+* :func:`uniforms` turns a batch of keys into independent uniforms (the batched device path: no host
+  synchronisation);
+* :func:`sample_seed` is the seed of torch's generator for one sample's torchvision draws inside a data-loader
+  worker (the CPU path), made of two keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -21,8 +24,10 @@ from torch.utils.data import DistributedSampler
 from wcl.distributed import rank, world_size
 
 _M32 = 0xFFFFFFFF
-# Streams of counter-based draws per sample: view v uses VIEW + v, low-resolution crop c CROP + c.
-VIEW, CROP_SOURCE, CROP = 0, 15, 16
+Key = TypeVar("Key", int, Tensor)  # the counter hash runs on Python ints and on int64 tensors alike
+# Streams of counter-based draws per sample: view v uses VIEW + v, low-resolution crop c CROP + c; the CPU path's
+# generator seed TORCH_SEED and TORCH_SEED + 1.
+VIEW, TORCH_SEED, CROP_SOURCE, CROP = 0, 13, 15, 16
 
 
 class SharedInt:
@@ -91,29 +96,30 @@ class EpochSampler(DistributedSampler):
         self.position = position
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A seed for one sample's augmentation in one epoch (tuple hashes of ints are the same in every process)."""
-    return hash((seed, epoch, index)) & (2**63 - 1)
-
-
-def _mix(x: Tensor) -> Tensor:
+def _mix(x: Key) -> Key:
     """A 32-bit integer hash (two multiply-xorshift rounds) of int64 values in [0, 2^32); products stay < 2^63."""
     x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
     x = ((x >> 16) ^ x) * 0x45D9F3B & _M32
     return (x >> 16) ^ x
 
 
-def _combine(h: Tensor, v: Tensor | int) -> Tensor:
+def _combine(h: Key, v: Tensor | int) -> Key:
     return _mix((h ^ (v + 0x9E3779B9 + (h << 6) + (h >> 2))) & _M32)
 
 
-def sample_keys(index: Tensor, *parts: int | Tensor) -> Tensor:
-    """One int64 key per sample from its dataset index and further integers (seed, epoch, stream; a part may be
-    a LongTensor of the index's shape)."""
-    h = torch.zeros_like(index)
+def sample_keys(index: Key, *parts: int | Tensor) -> Key:
+    """A key in [0, 2^32) per sample from its dataset index and further integers (seed, epoch, stream): an ``int``
+    of an ``int`` index, a LongTensor of a LongTensor index (then a part may be a LongTensor of its shape)."""
+    h = index * 0
     for p in parts:
         h = _combine(h, p & _M32)
     return _combine(h, index & _M32)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed (64 bits: two keys) of torch's generator for one sample's draws in one epoch on the CPU path; the
+    same function of (seed, epoch, index) in every process, worker and Python version."""
+    return sample_keys(index, seed, epoch, TORCH_SEED) << 32 | sample_keys(index, seed, epoch, TORCH_SEED + 1)
 
 
 def uniforms(keys: Tensor, n: int) -> Tensor:
