@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DistributedSampler
 
 from wcl.distributed import rank, world_size
+from wcl.errors import ConfigError
 
 _M32 = 0xFFFFFFFF
 Key = TypeVar("Key", int, Tensor)  # the counter hash runs on Python ints and on int64 tensors alike
@@ -51,10 +52,14 @@ class EpochSampler(DistributedSampler):
     """Shuffled, seeded per epoch, split over ranks, and resumable in the middle of an epoch.
 
     Lightning calls ``set_epoch`` before each epoch; the epoch is also published to the data workers through
-    ``shared_epoch``. ``position`` counts the batches of the current epoch that have been trained on (the data
-    module advances it once per training batch); it is saved with ``state_dict``, and after ``load_state_dict``
-    the next iterator starts at that batch, so a resumed run trains on exactly the batches an uninterrupted run
-    would have.
+    ``shared_epoch``. ``position`` counts this rank's samples of the current epoch that have been trained on (the
+    data module calls :meth:`advance` once per training batch). ``state_dict`` saves it as the number of the
+    epoch's samples trained on by all ranks together — a prefix of the epoch's global order, whichever the world
+    size — and after ``load_state_dict`` the next iterator starts right after that prefix, so a resumed run trains
+    on exactly the samples an uninterrupted run would have, also when the same global batch is split over another
+    number of ranks. A checkpoint saved in the middle of an epoch resumes only with its global batch
+    (``batch_size`` × ranks): Lightning counts the epoch's remaining steps in batches, so with another batch the
+    rest of the epoch would be cut short or run past its end.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, shared_epoch: SharedInt | None = None,
@@ -75,25 +80,50 @@ class EpochSampler(DistributedSampler):
         full, rest = divmod(self.num_samples, self.batch_size)
         return full + int(rest > 0 and not self.drop_last_batch)
 
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.num_replicas
+
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.position = 0
         super().set_epoch(epoch)
         self.shared_epoch.set(epoch)
 
+    def advance(self) -> None:
+        """One training batch of this rank's epoch has been trained on."""
+        self.position = min(self.position + self.batch_size, len(self))
+
     def __iter__(self) -> Iterator[int]:
         order = list(super().__iter__())[: len(self)]
-        return iter(order[self.position * self.batch_size:])
+        return iter(order[self.position:])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position}
+        """``epoch``, ``samples`` (of the epoch, all ranks together) and ``global_batch``; an epoch whose last batch
+        has been trained on is saved as the next epoch at sample 0."""
+        if self.position >= len(self):
+            return {"epoch": self.epoch + 1, "samples": 0, "global_batch": self.global_batch}
+        return {"epoch": self.epoch, "samples": self.position * self.num_replicas, "global_batch": self.global_batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if position >= self.num_batches:  # saved after the epoch's last batch: resume at the next epoch
-            epoch, position = epoch + 1, 0
+        epoch = int(state["epoch"])
+        if "samples" in state:
+            samples, saved_batch = int(state["samples"]), int(state["global_batch"])
+        else:  # saved as {"epoch", "position"}: the position counted batches of this run's size
+            samples, saved_batch = int(state["position"]) * self.global_batch, self.global_batch
+            if samples >= len(self) * self.num_replicas:
+                epoch, samples = epoch + 1, 0
+        if samples > 0 and saved_batch != self.global_batch:
+            fix = (f"--data.batch_size {saved_batch // self.num_replicas}" if saved_batch % self.num_replicas == 0
+                   else f"a global batch of {saved_batch}")
+            raise ConfigError(
+                f"the checkpoint stopped in the middle of an epoch (after {samples} of its samples) at a global batch "
+                f"of {saved_batch} (data.batch_size x processes); this run's is {self.global_batch} (data.batch_size "
+                f"{self.batch_size} x {self.num_replicas}), whose batches cannot finish that epoch without skipping or "
+                f"repeating images. Resume with {fix}, or change the batch size when resuming from a checkpoint "
+                "saved at an epoch's end.")
         self.set_epoch(epoch)
-        self.position = position
+        self.position = samples // self.num_replicas
 
 
 def _mix(x: Key) -> Key:
