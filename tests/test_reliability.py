@@ -243,6 +243,7 @@ def _tiny_fit(out: Path, *extra: str) -> list[str]:
             "--data.batch_size", "10", "--data.num_workers", "0", "--model.width", "4", *extra]
 
 
+@pytest.mark.slow
 def test_resume_past_max_steps_and_with_accepted_changes(tmp_path, capsys):
     main(_tiny_fit(tmp_path, "--trainer.max_steps", "3"))
     main(_tiny_fit(tmp_path, "--trainer.max_steps", "6", "--ckpt_path", "last"))  # a longer schedule is no change
