@@ -55,11 +55,11 @@ class EpochSampler(DistributedSampler):
     ``shared_epoch``. ``position`` counts this rank's samples of the current epoch that have been trained on (the
     data module calls :meth:`advance` once per training batch). ``state_dict`` saves it as the number of the
     epoch's samples trained on by all ranks together — a prefix of the epoch's global order, whichever the world
-    size — and after ``load_state_dict`` the next iterator starts right after that prefix, so a resumed run trains
-    on exactly the samples an uninterrupted run would have, also when the same global batch is split over another
-    number of ranks. A checkpoint saved in the middle of an epoch resumes only with its global batch
-    (``batch_size`` × ranks): Lightning counts the epoch's remaining steps in batches, so with another batch the
-    rest of the epoch would be cut short or run past its end.
+    size — and after ``load_state_dict`` the next iterator starts right after that prefix: a resumed run trains
+    on exactly the batches an uninterrupted run would have, and with the same global batch split over another
+    number of ranks on the rest of the epoch's samples, each once. A checkpoint saved in the middle of an epoch
+    resumes only with its global batch (``batch_size`` × ranks): Lightning counts the epoch's remaining steps in
+    batches, so with another batch the rest of the epoch would be cut short or run past its end.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, shared_epoch: SharedInt | None = None,
