@@ -12,11 +12,12 @@ CIFAR10 = ROOT.parent / "shared" / "datasets" / "cifar10"
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true",
                      help="also run the long end-to-end tests (marked slow): subprocess runs of the quickstart, "
-                          "notebooks, launches, fault injection, multi-process runs")
+                          "notebooks, launches, fault injection, multi-process runs; -m slow runs only those")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--slow"):
+    # A marker expression that names them (-m slow, -m "slow and not notebooks") chooses them itself.
+    if config.getoption("--slow") or "slow" in (config.getoption("markexpr") or ""):
         return
     skip = pytest.mark.skip(reason="long end-to-end test: pytest --slow runs it")
     for item in items:

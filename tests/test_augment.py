@@ -145,6 +145,7 @@ def test_views_depend_only_on_their_key_not_on_the_batch():
     assert not torch.equal(views(images, torch.arange(8), keys + 1), batch)
 
 
+@pytest.mark.slow
 def test_cpu_and_device_views_agree_in_distribution():
     """The same augmentation through torchvision on PIL images and through the batched ops: per-channel mean and
     spread of the views of natural images agree (interpolation differs: bicubic vs area-averaged bilinear)."""

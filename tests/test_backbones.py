@@ -61,7 +61,7 @@ def _straight_and_resumed(args: list[str], tmp_path: Path, length: str, stop: in
     return straight, resumed
 
 
-@pytest.mark.parametrize("kind", list(BACKBONES))
+@pytest.mark.parametrize("kind", ["timm_vit", pytest.param("torchvision", marks=pytest.mark.slow)])
 def test_backbone_pretrains_resumes_exactly_probes_finetunes_and_exports(kind, tmp_path, capsys):
     _straight_and_resumed([*PRETRAIN, *BACKBONES[kind]], tmp_path, "--trainer.max_epochs", 1, 2)
     ckpt = tmp_path / "straight" / "checkpoints" / "last.ckpt"
@@ -145,6 +145,7 @@ def _vit_step(devices: int, batch_size: int) -> dict:
     return {k: start[k] - end[k] for k in start if end[k].is_floating_point()}
 
 
+@pytest.mark.slow
 def test_vit_two_ddp_ranks_equal_one_rank_with_the_global_batch():
     single, ddp = _vit_step(1, 12), _vit_step(2, 6)
     for name, delta in single.items():

@@ -97,6 +97,7 @@ def test_unknown_key_fails_loudly(capsys):
     assert "widht" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_missing_root_is_one_clear_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "wcl", "fit", "--config", "configs/cifar10/wcl.yaml",
@@ -318,6 +319,7 @@ def test_model_table_has_no_flops_column_when_nothing_counted_them():
     assert "\x1b[" not in text
 
 
+@pytest.mark.slow
 def test_evaluations_print_wcl_lines_and_no_noise(tmp_path, capsys, recwarn):
     """Offline kNN: rounded ``wcl:`` lines instead of Lightning's unrounded table; a linear probe (frozen backbone,
     in eval mode on purpose): no eval-mode warning, no advertisement, a throughput that says what it counts."""

@@ -51,6 +51,7 @@ def backend(monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crops", [0, 2], ids=["two views", "multi-crop"])
 def test_compiled_backbone_never_falls_back_and_stops_compiling(tmp_path, backend, crops):
     dm = WCLDataModule(batch_size=16, eval_batch_size=12, num_workers=0, train_per_class=4, val_per_class=2,

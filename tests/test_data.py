@@ -127,25 +127,110 @@ def test_single_class_folder_is_unlabelled(tmp_path):
     assert (next(iter(dm.train_dataloader()))["label"] == -1).all() and dm.val_dataloader() == []
 
 
-def test_epoch_sampler_order_resume_and_state():
-    from wcl.data.sampling import EpochSampler
+def _sampler(n: int, batch: int, world: int = 1, rank: int = 0, monkeypatch=None):  # noqa: ANN001
+    """An EpochSampler of seed 3 as rank ``rank`` of ``world`` processes would build it (without a process group)."""
+    from wcl.data import sampling
 
-    s = EpochSampler(50, batch_size=8, seed=3)
+    if monkeypatch is not None:
+        monkeypatch.setattr(sampling, "world_size", lambda: world)
+        monkeypatch.setattr(sampling, "rank", lambda: rank)
+    return sampling.EpochSampler(n, batch_size=batch, seed=3)
+
+
+def test_epoch_sampler_order_resume_and_state():
+    s = _sampler(50, 8)
     s.set_epoch(2)
     full = list(s)
     assert len(full) == 48 and len(set(full)) == 48 and s.num_batches == 6
     g = torch.Generator().manual_seed(3 + 2)
     assert full == torch.randperm(50, generator=g).tolist()[:48]  # DistributedSampler's order, one process
-    s.position = 4  # four batches trained on; a checkpoint is written
-    resumed = EpochSampler(50, batch_size=8, seed=3)
+    for _ in range(4):  # four batches trained on; a checkpoint is written
+        s.advance()
+    assert s.state_dict() == {"epoch": 2, "samples": 32, "global_batch": 8}
+    resumed = _sampler(50, 8)
     resumed.load_state_dict(s.state_dict())
     assert resumed.epoch == 2 and list(resumed) == full[32:]
     resumed.set_epoch(3)  # the next epoch starts from its first batch
     assert resumed.position == 0 and len(list(resumed)) == 48
-    s.position = 6  # saved after the epoch's last batch: resumes at the start of the next epoch
-    after = EpochSampler(50, batch_size=8, seed=3)
+    for _ in range(2):  # the epoch's last batch: saved as the start of the next epoch
+        s.advance()
+    assert s.state_dict() == {"epoch": 3, "samples": 0, "global_batch": 8}
+    after = _sampler(50, 8)
     after.load_state_dict(s.state_dict())
     assert (after.epoch, after.position) == (3, 0)
+    old = _sampler(50, 8)  # a checkpoint that counted batches: {"epoch", "position"}
+    old.load_state_dict({"epoch": 2, "position": 4})
+    assert list(old) == full[32:]
+    old.load_state_dict({"epoch": 2, "position": 6})
+    assert (old.epoch, old.position) == (3, 0)
+
+
+@pytest.mark.parametrize(("before", "after"), [((1, 8), (2, 4)), ((2, 4), (1, 8)), ((2, 6), (3, 4))])
+def test_mid_epoch_resume_with_the_global_batch_on_other_ranks_trains_every_image_once(before, after, monkeypatch):
+    """Stopped after 2 batches of epoch 1, resumed with the same global batch split over another number of ranks
+    (e.g. batch 8 on one process -> batch 4 on two): the samples trained before and after the stop are that epoch's,
+    each exactly once."""
+    (w0, b0), (w1, b1) = before, after
+    trained, state = [], None
+    for r in range(w0):
+        s = _sampler(48, b0, w0, r, monkeypatch)
+        s.set_epoch(1)
+        order = list(s)
+        s.advance()
+        s.advance()
+        trained += order[: 2 * b0]
+        state = s.state_dict() if state is None else state
+        assert s.state_dict() == state  # every rank saves the same position
+    for r in range(w1):
+        s = _sampler(48, b1, w1, r, monkeypatch)
+        s.load_state_dict(state)
+        trained += list(s)
+    assert sorted(trained) == list(range(48))
+
+
+def test_mid_epoch_resume_with_another_global_batch_is_refused():
+    """A changed batch cannot finish a cut epoch (Lightning counts its remaining steps in batches): refused in one
+    line naming data.batch_size and the batch to resume with; at an epoch's end any batch size resumes."""
+    s = _sampler(32, 4)
+    for _ in range(3):
+        s.advance()
+    with pytest.raises(ConfigError, match=r"after 12 of its samples\) at a global batch of 4 .*Resume with "
+                                          r"--data\.batch_size 4,"):
+        _sampler(32, 8).load_state_dict(s.state_dict())
+    for _ in range(5):
+        s.advance()
+    resumed = _sampler(32, 8)
+    resumed.load_state_dict(s.state_dict())
+    assert (resumed.epoch, resumed.position, len(list(resumed))) == (1, 0, 32)
+
+
+def test_cpu_path_seeds_are_the_counter_hash_of_the_device_path():
+    """The CPU path seeds torch's generator per sample with two keys of the device path's counter hash: a pure
+    function of (seed, epoch, index), distinct for every sample and epoch."""
+    from wcl.data.sampling import TORCH_SEED, sample_keys, sample_seed
+
+    index = torch.arange(2000)
+    for seed, epoch in ((0, 0), (7, 3), (-1, 2**40)):
+        hi, lo = (sample_keys(index, seed, epoch, TORCH_SEED + k).tolist() for k in (0, 1))
+        assert [sample_seed(seed, epoch, i) for i in range(2000)] == [h << 32 | v for h, v in zip(hi, lo, strict=True)]
+    seeds = {sample_seed(0, e, i) for e in range(10) for i in range(2000)}
+    assert len(seeds) == 20_000 and all(0 <= s < 2**64 for s in seeds)
+
+
+def test_cpu_path_views_are_the_same_for_any_worker_count_and_after_a_resume():
+    def batches(workers: int, state: dict | None = None) -> list[torch.Tensor]:
+        dm = WCLDataModule(batch_size=4, num_workers=workers, persistent_workers=False, train_per_class=1)
+        loader = dm.train_dataloader()
+        if state is not None:
+            loader.load_state_dict(state)
+        return [torch.cat(b["views"]) for b in loader]
+
+    straight = batches(0)
+    assert len(straight) == 2
+    for a, b in zip(straight, batches(2), strict=True):
+        assert torch.equal(a, b)
+    resumed = batches(0, {"epoch": 0, "samples": 4, "global_batch": 4})
+    assert len(resumed) == 1 and torch.equal(resumed[0], straight[1])
 
 
 def test_device_path_batches_become_views_and_crops():
@@ -220,3 +305,26 @@ def test_augmentation_warmup_uses_moco_v2_first(augment_on):
         assert rrc[0].scale == (0.2, 1.0) and rrc[1].scale == dm.augment.crop_scale
     else:
         assert dm._batched(1)[0].aug.crop_scale == (0.2, 1.0) and dm._batched(2)[0].aug is dm.augment
+
+
+@pytest.mark.slow
+def test_resume_with_another_batch_size_mid_epoch_is_one_line(tmp_path, capsys):
+    """`fit --ckpt_path last --data.batch_size 8` on a run stopped after 3 of 5 batches of 4: exit 2, one line
+    naming the key and the batch to resume with, before any step (the checkpoint is left as it was)."""
+    from wcl.cli import main
+
+    args = ["fit", "--config", "configs/quickstart.yaml", "--trainer.enable_progress_bar", "false",
+            "--trainer.limit_val_batches", "0", "--data.train_per_class", "2", "--data.num_workers", "0",
+            "--model.width", "4", "--model.channels_last", "false", "--trainer.default_root_dir", str(tmp_path)]
+    main([*args, "--data.batch_size", "4", "--trainer.max_steps", "3"])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    saved = last.read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--data.batch_size", "8", "--trainer.max_steps", "6", "--ckpt_path", "last"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert exc.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert lines[0].startswith("wcl: error: the checkpoint stopped in the middle of an epoch (after 12 of its")
+    assert "Resume with --data.batch_size 4," in lines[0]
+    assert last.read_bytes() == saved

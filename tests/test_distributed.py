@@ -66,6 +66,7 @@ def _worker(rank: int, weak_weight: float, crops: bool, candidates_grad: bool = 
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weak_weight,crops", [(0.0, False), (1.0, False), (1.0, True)])
 def test_two_ranks_equal_one_rank_with_global_batch(weak_weight, crops):
     ranks = run_gloo(_worker, weak_weight, crops, world=WORLD)
@@ -144,6 +145,7 @@ def _official_step(net: nn.Module) -> tuple[list[float], dict[str, torch.Tensor]
     return losses, grads
 
 
+@pytest.mark.slow
 def test_candidates_without_grad_equal_the_official_gradient():
     ranks = run_gloo(_worker, 1.0, False, False, world=WORLD)
     official_losses, reference = _official_step(_Net().double())
@@ -178,6 +180,7 @@ def _gather_worker(rank: int) -> tuple[list, list]:
     return y.detach().tolist(), x.grad.tolist()
 
 
+@pytest.mark.slow
 def test_gather_with_grad_sums_gradients_of_every_rank():
     res = run_gloo(_gather_worker, world=WORLD)
     gathered = [[1.0, 1.0]] * 3 + [[2.0, 2.0]] * 3
@@ -199,6 +202,7 @@ def _ddp_cli(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_ddp_two_processes_exit_cleanly(tmp_path):
     """The README's multi-process command on CPU: both ranks start, train, tear down and exit 0."""
     proc = _ddp_cli(tmp_path, "--trainer.max_epochs", "1", "--data.train_per_class", "16", "--data.num_workers", "0",
@@ -210,6 +214,7 @@ def test_cli_ddp_two_processes_exit_cleanly(tmp_path):
         assert noise not in proc.stderr, noise
 
 
+@pytest.mark.slow
 def test_cli_ddp_ranks_share_one_neighbour_table(tmp_path):
     """KNN multi-crop under 2-process DDP: both ranks' data workers use the same, fresh neighbour table."""
     dump = tmp_path / "tables"

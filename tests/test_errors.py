@@ -236,6 +236,7 @@ def test_offline_knn_reports_one_metric_per_name(capsys, tmp_path, pretrained):
     assert out.count("val/knn_top1") == 1 and "dataloader_idx" not in out
 
 
+@pytest.mark.slow
 def test_second_fit_into_a_running_folder_names_the_running_process(capsys, tmp_path):
     """Two fits into one folder would both write checkpoints/last.ckpt; the second stops before its first step."""
     marker, log = tmp_path / "waiting", tmp_path / "first.log"

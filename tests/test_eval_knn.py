@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from tests.helpers import run_gloo
@@ -42,6 +43,7 @@ def _knn_data():
     return bank, labels, queries, labels[:10]
 
 
+@pytest.mark.slow
 def test_bank_sharded_over_two_ranks_equals_one_process():
     ranks = run_gloo(_sharded_worker)
     bank, labels, queries, qlabels = _knn_data()

@@ -123,6 +123,7 @@ def _rank(rank: int, merge: bool) -> dict:
     return {"loss": loss.item(), "labels": (l1.tolist(), l2.tolist()), "grad": (a.grad, b.grad)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("merge", [True, False], ids=["label_merge", "no_merge"])
 def test_label_graph_loss_two_ranks_equal_one_process(merge):
     ranks = run_gloo(_rank, merge, world=WORLD)

@@ -20,6 +20,8 @@ from lightning.pytorch import Callback
 
 from tests.helpers import free_port
 
+pytestmark = pytest.mark.slow  # every test here launches processes
+
 ROOT = Path(__file__).resolve().parents[1]
 B = 6  # per rank; 2 classes × 12 images = 24 = 2 steps of the global batch 12
 FIT = ["-m", "wcl", "fit", "--config", "configs/quickstart.yaml", "--trainer.accelerator", "cpu",

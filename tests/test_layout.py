@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -37,6 +38,7 @@ def test_wcl_on_cpu_keeps_weights_and_inputs_contiguous():
     assert all(p.is_contiguous() for p in model.backbone.parameters())
 
 
+@pytest.mark.slow
 def test_crop_64_at_width_4_trains_on_cpu(tmp_path):
     """With the backbone channels-last on CPU, this config can end in a segfault (exit 139) or a heap abort in
     oneDNN's backward-weights kernel of the layer-2 shortcut (1×1, stride 2, 4 → 8 channels); it must train."""

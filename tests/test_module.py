@@ -129,6 +129,7 @@ def _one_step(devices: int, batch_size: int, weak_weight: float, path, num_class
     return {k: start[k] - end[k] for k in start if end[k].is_floating_point()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weak_weight", [0.0, 1.0])
 def test_lightning_ddp_two_ranks_equal_one_rank(weak_weight, tmp_path):
     # One SGD step at lr 1 moves each parameter by exactly its (DDP-averaged) gradient.
@@ -141,6 +142,7 @@ def test_lightning_ddp_two_ranks_equal_one_rank(weak_weight, tmp_path):
     assert moved > 10
 
 
+@pytest.mark.slow
 def test_ddp_rank_with_no_labelled_sample_keeps_the_online_classifier_in_the_graph(tmp_path):
     """STL-10-like data: rank 1's whole batch is unlabelled (the distributed sampler gives it the odd indices). DDP
     must still reduce the classifier's gradient (before, the classifier left rank 1's graph and the step failed)."""

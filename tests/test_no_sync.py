@@ -167,6 +167,7 @@ BARS = {"none": lambda: [], "plain": lambda: [PlainProgress()], "rich": lambda: 
         "lightning rich": lambda: [RichProgressBar()]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bar", ["none", "plain", "rich", pytest.param("lightning rich", marks=pytest.mark.xfail(
     strict=True, reason="Lightning's own Rich bar reads the metrics back every step: why wcl ships RichProgress"))])
 def test_training_steps_that_log_nothing_never_sync(tmp_path, bar):

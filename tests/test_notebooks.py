@@ -50,6 +50,7 @@ def test_committed_outputs_are_clean(path):
     assert not [t for t in texts if "\x1b[" in t]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_executes(path, run_dir):
     before = _tracked_changes()

@@ -75,6 +75,7 @@ def test_predict_writes_every_split_in_dataset_order(setup, capsys):
     assert val.shape == (3, 32)
 
 
+@pytest.mark.slow
 def test_predict_prints_plain_progress_into_a_pipe(setup, tmp_path):
     """Output to a pipe (a log file, CI) gets the plain progress lines, bar on as a user leaves it."""
     ckpt, data, _ = setup
@@ -105,6 +106,7 @@ def test_predict_embeds_val_and_test_when_both_exist_raw_when_asked(setup, tmp_p
     assert not np.allclose(np.linalg.norm(rows["train"][0], axis=1), 1, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_give_the_rows_of_one_rank(setup, capsys):
     ckpt, data, tmp = setup
     if not (tmp / "one" / "embeddings" / "train").is_dir():

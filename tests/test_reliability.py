@@ -44,6 +44,7 @@ def _same_run(a: Path, b: Path) -> None:
     assert torch.equal(sa["bank"]["features"], sb["bank"]["features"])
 
 
+@pytest.mark.slow
 def test_run_killed_in_epoch_two_resumes_exactly(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     main(_args(tmp_path / "straight"))
@@ -57,6 +58,7 @@ def test_run_killed_in_epoch_two_resumes_exactly(tmp_path, monkeypatch):
     _same_run(tmp_path / "straight", tmp_path / "killed")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("path", "stop"), [([], "SIGTERM"), (["--data.augment_on", "device", "--data.in_memory",
                                                                   "device"], "SIGTERM"), ([], "SIGINT")],
                          ids=["cpu", "device", "ctrl-c"])
@@ -135,6 +137,7 @@ def test_atomic_saves_never_share_a_temporary_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.tmp"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_143_and_resume_continues(tmp_path):
     cmd = [sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs", "3",
            "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
@@ -240,6 +243,7 @@ def _tiny_fit(out: Path, *extra: str) -> list[str]:
             "--data.batch_size", "10", "--data.num_workers", "0", "--model.width", "4", *extra]
 
 
+@pytest.mark.slow
 def test_resume_past_max_steps_and_with_accepted_changes(tmp_path, capsys):
     main(_tiny_fit(tmp_path, "--trainer.max_steps", "3"))
     main(_tiny_fit(tmp_path, "--trainer.max_steps", "6", "--ckpt_path", "last"))  # a longer schedule is no change
@@ -266,6 +270,7 @@ def test_resume_past_max_steps_and_with_accepted_changes(tmp_path, capsys):
     assert "schedule now spans" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_and_keeps_the_last_whole_checkpoint(tmp_path):
     """Ctrl-C twice in step 6 (epoch 2 of 4-step epochs): no checkpoint of a half-done step is written; last.ckpt
     stays the one of the end of epoch 1, from which --ckpt_path last resumes exactly."""

@@ -49,6 +49,7 @@ def _wandb_records(path: Path):
             yield record
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_records_the_cli_config(tmp_path):
     pytest.importorskip("wandb", reason="the [wandb] extra is not installed")
     _fit(tmp_path, "--trainer.logger", "lightning.pytorch.loggers.WandbLogger", "--trainer.logger.project", "wcl",
@@ -68,6 +69,7 @@ def test_wandb_offline_run_records_the_cli_config(tmp_path):
     assert 0 <= metrics["val/knn_top1"] <= 1
 
 
+@pytest.mark.slow
 def test_mlflow_file_store_records_the_cli_config(tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason="the [mlflow] extra is not installed")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.17 refuses a file store without it

@@ -12,7 +12,7 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.callbacks.model_summary import log as summary_log
-from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 from wcl.callbacks.knn import OnlineKnn
 from wcl.callbacks.monitor import is_logging_step
@@ -112,6 +112,29 @@ class RichProgress(RichProgressBar):
         return f"{description:{len(self.validation_description)}}"  # as Lightning pads it: no flicker
 
 
+def summary_table(columns: list[tuple[str, list[str]]], total: int, trainable: int, size_mb: float,
+                  modes: dict[str, int], flops: int) -> str:
+    """Lightning's model summary columns (``[(header, cells)]``) and totals as a plain-text table, laid out as
+    Lightning lays out its own; the FLOPs column and total only when FLOPs were counted."""
+    if not flops:
+        columns = [column for column in columns if column[0] != "FLOPs"]
+    widths = [max([len(head), *(len(str(cell)) for cell in cells)]) for head, cells in columns]
+
+    def row(cells: Any) -> str:
+        return " | ".join(f"{cell!s:<{width}}" for cell, width in zip(cells, widths, strict=True))
+
+    rule = "-" * (sum(widths) + 3 * (len(columns) + 1))
+    rows = zip(*(cells for _, cells in columns), strict=True)
+    lines = [row(head for head, _ in columns), rule, *map(row, rows), rule]
+    totals = [(get_human_readable_count(trainable), "Trainable params"),
+              (get_human_readable_count(total - trainable), "Non-trainable params"),
+              (get_human_readable_count(total), "Total params"),
+              (get_formatted_model_size(size_mb), "Total estimated model params size (MB)"),
+              *((modes[mode], f"Modules in {mode} mode") for mode in ("train", "eval") if mode in modes),
+              *([(get_human_readable_count(flops), "Total Flops")] if flops else [])]
+    return "\n".join([*lines, *(f"{value!s:<10}{name}" for value, name in totals)])
+
+
 class ModelTable(ModelSummary):
     """Lightning's model summary (``max_depth`` as usual) as a plain-text table, in a terminal and in a pipe alike
     (no escape codes in logs and notebooks), without the FLOPs column and total when they are 0: Lightning counts
@@ -119,14 +142,10 @@ class ModelTable(ModelSummary):
 
     @staticmethod
     def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
-                  model_size: float, total_training_modes: dict[str, int], total_flops: int,
+                  model_size: float, total_training_modes: dict[str, int] | None = None, total_flops: int = 0,
                   **summarize_kwargs: Any) -> None:
-        if not total_flops:
-            summary_data = [column for column in summary_data if column[0] != "FLOPs"]
-        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
-                                      total_flops, *summary_data)
-        if not total_flops:
-            table = "\n".join(line for line in table.splitlines() if not line.endswith("Total Flops"))
+        table = summary_table(summary_data, total_parameters, trainable_parameters, model_size,
+                              total_training_modes or {}, total_flops)
         summary_log.info("\n" + table)
 
 

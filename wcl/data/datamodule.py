@@ -198,7 +198,7 @@ class WCLDataModule(ImageData):
             return super().on_after_batch_transfer(batch, dataloader_idx)
         sampler = self._sampler
         assert sampler is not None, "training batches come from train_dataloader()"
-        sampler.position += 1
+        sampler.advance()
         if "raw" in batch:
             views, small = self._batched(sampler.epoch)
             index, b = batch["index"], batch["index"].shape[0]
@@ -289,5 +289,5 @@ class LabelledDataModule(ImageData):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and self._sampler is not None:
-            self._sampler.position += 1  # what a checkpoint resumes from
+            self._sampler.advance()  # what a checkpoint resumes from
         return super().on_after_batch_transfer(batch, dataloader_idx)

@@ -3,7 +3,7 @@
 With the images in one uint8 tensor (``in_memory``) a batch is an index slice of the epoch's permutation and a
 gather of pixel rows — no workers, no collation; with ``in_memory: device`` both happen on the device, so a
 training step does no host work. Every iterable is resumable in the middle of an epoch: Lightning saves its
-``state_dict`` (the epoch and the batches trained on) in checkpoints and restores it before the first batch.
+``state_dict`` (the epoch and the samples trained on) in checkpoints and restores it before the first batch.
 """
 
 from __future__ import annotations

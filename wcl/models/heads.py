@@ -6,13 +6,9 @@ from torch import nn
 
 
 class ProjectionHead(nn.Sequential):
-    """MLP ``in_dim → hidden_dim (× num_layers-1, each Linear–BN–ReLU) → out_dim``: B×in_dim → B×out_dim.
+    """MLP ``in_dim → hidden_dim (× num_layers-1, each Linear–BN–ReLU) → out_dim``: B×in_dim → B×out_dim."""
 
-    ``last_bn`` adds an affine-free BatchNorm after the last Linear (SimCLR v2 / MoCo v3 style).
-    """
-
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 2,
-                 last_bn: bool = False) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 2) -> None:
         if num_layers < 1:
             raise ValueError(f"a projection head needs num_layers >= 1, got {num_layers}")
         layers: list[nn.Module] = []
@@ -20,7 +16,5 @@ class ProjectionHead(nn.Sequential):
         for _ in range(num_layers - 1):
             layers += [nn.Linear(dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
             dim = hidden_dim
-        layers.append(nn.Linear(dim, out_dim, bias=not last_bn))
-        if last_bn:
-            layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        layers.append(nn.Linear(dim, out_dim))
         super().__init__(*layers)
