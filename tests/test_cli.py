@@ -198,7 +198,7 @@ def test_model_and_data_help_end_with_what_the_configs_set(capsys):
     assert exc.value.code in (0, None)
     out = capsys.readouterr().out
     page, tail = out.split("Set by your --config files")
-    assert "int, default: 64)" in page
+    assert "PositiveInt, default: 64)" in page
     assert "\n  --model.backbone resnet18\n" in tail and "\n  --model.width 16\n" in tail
     assert "\n  --model.cifar_stem true\n" in tail and "--data." not in tail
     with pytest.raises(SystemExit):
@@ -238,7 +238,7 @@ def test_every_checkpoint_the_docs_name_is_written_by_a_documented_fit(monkeypat
     import re
     import shlex
 
-    from wcl.cli import _config_files, _root_dir_of, with_run_folder
+    from wcl.cli import config_files, root_dir_of, with_run_folder
 
     monkeypatch.chdir(ROOT)
     lines = _documented_lines()
@@ -251,7 +251,7 @@ def test_every_checkpoint_the_docs_name_is_written_by_a_documented_fit(monkeypat
         if "--trainer.default_root_dir" in args:
             written.add(args[args.index("--trainer.default_root_dir") + 1].rstrip("/"))
         else:
-            roots = [r for f in _config_files(args) if (r := _root_dir_of(f))]
+            roots = [r for f in config_files(args) if (r := root_dir_of(f))]
             written.update(roots[-1:])
     assert "runs/quickstart" in written and "runs/cifar10_wcl+10pct+label_graph" in written
     assert {"runs/quickstart", "runs/cifar10_wcl+1pct+label_graph"} <= named  # the pattern finds what it checks

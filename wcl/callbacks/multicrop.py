@@ -20,6 +20,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from wcl.constraints import PositiveInt, check_constraints
 from wcl.data.crops import NeighborTable
 from wcl.distributed import gather_nograd
 from wcl.errors import ConfigError
@@ -75,10 +76,9 @@ class KnnMultiCrop(Callback):
             without it such a resume gives the samples seen before the stop themselves as neighbours once.
     """
 
-    def __init__(self, k: int = 5, backend: KnnBackend = "faiss", nprobe: int = 16,
+    def __init__(self, k: PositiveInt = 5, backend: KnnBackend = "faiss", nprobe: PositiveInt = 16,
                  bank_device: Literal["auto", "cpu"] = "auto", save_bank: bool = True) -> None:
-        if k < 1 or nprobe < 1:
-            raise ConfigError(f"KnnMultiCrop needs k >= 1 and nprobe >= 1, got k={k}, nprobe={nprobe}")
+        check_constraints(KnnMultiCrop.__init__, locals(), "KnnMultiCrop ")
         self.k, self.backend, self.nprobe, self.bank_device, self.save_bank = k, backend, nprobe, bank_device, save_bank
         self.table: NeighborTable | None = None
         self.bank: FeatureBank | None = None

@@ -15,20 +15,11 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from wcl.callbacks.checkpoint import ResumesWhereItStopped
+from wcl.constraints import Momentum, NonNegativeFloat, PositiveFloat, check_constraints
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
 from wcl.models.layout import set_layout, to_layout
 from wcl.optim import global_batch_size, param_groups, scaled_lr, warmup_cosine
-
-
-def check_ranges(lr: float, momentum: float, weight_decay: float) -> None:
-    """The optimiser arguments of the probe and fine-tune models (lr > 0, 0 <= momentum < 1, weight_decay >= 0)."""
-    if lr <= 0:
-        raise ConfigError(f"model.lr must be > 0, got {lr}")
-    if not 0 <= momentum < 1:
-        raise ConfigError(f"model.momentum must be >= 0 and < 1, got {momentum}")
-    if weight_decay < 0:
-        raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
 
 
 class _SupervisedEval(ResumesWhereItStopped, LightningModule):
@@ -40,7 +31,8 @@ class _SupervisedEval(ResumesWhereItStopped, LightningModule):
         if num_classes is None:
             raise ConfigError("model.num_classes is unset; use a data module that defines it (the CLI links it) "
                               "or set --model.num_classes.")
-        check_ranges(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        check_constraints(type(self).__init__, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay},
+                          "model.")
         self.backbone, self.arch = load_backbone(checkpoint, backbone)
         self.classifier = nn.Linear(self.backbone.out_dim, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -115,8 +107,8 @@ class LinearProbe(_SupervisedEval):
     """
 
     def __init__(self, checkpoint: str, num_classes: int | None = None,
-                 mode: Literal["cached", "augment"] = "cached", lr: float = 0.1, momentum: float = 0.9,
-                 weight_decay: float = 0.0, lr_scaling: Literal["none", "linear"] = "none",
+                 mode: Literal["cached", "augment"] = "cached", lr: PositiveFloat = 0.1, momentum: Momentum = 0.9,
+                 weight_decay: NonNegativeFloat = 0.0, lr_scaling: Literal["none", "linear"] = "none",
                  backbone: str | None = None) -> None:
         super().__init__(checkpoint, num_classes, lr, momentum, weight_decay, backbone)
         self.save_hyperparameters()
@@ -160,11 +152,10 @@ class FineTune(_SupervisedEval):
         backbone: if set, the checkpoint must hold this backbone.
     """
 
-    def __init__(self, checkpoint: str, num_classes: int | None = None, lr: float = 0.01,
-                 classifier_lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
+    def __init__(self, checkpoint: str, num_classes: int | None = None, lr: PositiveFloat = 0.01,
+                 classifier_lr: PositiveFloat = 0.1, momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 0.0,
                  backbone: str | None = None) -> None:
-        if classifier_lr <= 0:
-            raise ConfigError(f"model.classifier_lr must be > 0, got {classifier_lr}")
+        check_constraints(FineTune.__init__, {"classifier_lr": classifier_lr}, "model.")
         super().__init__(checkpoint, num_classes, lr, momentum, weight_decay, backbone)
         self.save_hyperparameters()
         self.hparams["arch"] = self.arch
