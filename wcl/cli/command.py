@@ -58,10 +58,11 @@ class WCLCLI(PrivateHooks, LightningCLI):
             super().parse_arguments(parser, args)
         except SystemExit as done:
             if done.code in (0, None) and (sub := next((a for a in self._args if a in self.subcommands()), None)):
-                help_pages.print_config_values(parser._subcommands_action._name_parser_map[sub], self._args)
+                help_pages.print_config_values(parser, sub, self._args)
             raise
-        cfg = self.config.get(self.config.get("subcommand") or "", self.config)
-        checks.check_trainer(cfg.trainer, cfg.get("seed_everything"), self.config.get("subcommand") or "fit")
+        sub = self.config.get("subcommand")  # none where the CLI is built without running (run=False)
+        cfg = self.config[sub] if sub else self.config
+        checks.check_trainer(cfg.trainer, cfg.get("seed_everything"), sub or "fit")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")

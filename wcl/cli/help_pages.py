@@ -59,17 +59,18 @@ def _flat(values: Namespace | dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def print_config_values(parser: Any, args: list[str]) -> None:
+def print_config_values(parser: Any, subcommand: str, args: list[str]) -> None:
     """After a ``--model.help`` / ``--data.help`` page, which of its keys the ``--config`` files on the same command
     line set (the page itself shows the class's own defaults: ``resnet50``, ``width 64`` for ``wcl.WCL``), as the
-    subcommand's parser merges the files, without its defaults."""
+    parser merges the files for ``subcommand``, without its defaults."""
     files = config_files(args)
     groups = [g for g in ("model", "data") if any(is_group_help(a, g) for a in args)]
     if not files or not groups:
         return
     exits, parser.exit_on_error = parser.exit_on_error, False
     try:
-        given = parser.parse_args([a for f in files for a in ("--config", f)], defaults=False)
+        given = parser.parse_args([subcommand, *(a for f in files for a in ("--config", f))], defaults=False)
+        given = given[subcommand]
     except Exception:  # the page is printed; the run that uses these files reports what is wrong with them
         return
     finally:

@@ -232,7 +232,6 @@ class LabelledDataModule(ImageData):
                  label_fraction: float | None = None, subset_file: str | None = None, seed: int = 0,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_constraints(WCLDataModule.__init__, locals(), "data.")
         check_label_choice(label_fraction, subset_file)
         if self.num_classes is None:
             raise ConfigError(f"{self.source.dataset!r} at {self.source.root} has fewer than two class folders, so "
