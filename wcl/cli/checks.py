@@ -190,8 +190,9 @@ def check_resume(model: LightningModule, path: str | Path, with_changes: bool) -
     shapes = sorted(k for k in set(theirs) | set(ours) if k not in theirs or k not in ours
                     or tuple(theirs[k].shape) != tuple(ours[k].shape))
     layout = [k for k in ("optimizer", "exclude_bias_norm") if k in changed]  # the optimizer's saved state
-    if changed and (shapes or layout):
+    if shapes or layout:
         what = f"the optimizer's state ({', '.join(layout)})" if layout else f"the network ({len(shapes)} tensors)"
+        listed = listed or f"tensors such as {shapes[0]} differ from this config's"
         raise ConfigError(f"--ckpt_path {path}: {listed} — that changes {what}, which a resume cannot carry over; "
                           "--resume_with_changes only continues with other optimizer-level settings (learning "
                           "rate, schedule, weight decay). Start a new run in another --trainer.default_root_dir "
