@@ -199,7 +199,7 @@ def test_model_and_data_help_end_with_what_the_configs_set(capsys):
     assert exc.value.code in (0, None)
     out = capsys.readouterr().out
     page, tail = out.split("Set by your --config files")
-    assert "int, default: 64)" in page
+    assert "PositiveInt, default: 64)" in page
     assert "\n  --model.backbone resnet18\n" in tail and "\n  --model.width 16\n" in tail
     assert "\n  --model.cifar_stem true\n" in tail and "--data." not in tail
     with pytest.raises(SystemExit):
@@ -241,7 +241,7 @@ def test_every_checkpoint_the_docs_name_is_written_by_a_documented_fit(monkeypat
     import re
     import shlex
 
-    from wcl.cli import _config_files, _root_dir_of, with_run_folder
+    from wcl.cli import config_files, root_dir_of, with_run_folder
 
     monkeypatch.chdir(ROOT)
     lines = _documented_lines()
@@ -254,7 +254,7 @@ def test_every_checkpoint_the_docs_name_is_written_by_a_documented_fit(monkeypat
         if "--trainer.default_root_dir" in args:
             written.add(args[args.index("--trainer.default_root_dir") + 1].rstrip("/"))
         else:
-            roots = [r for f in _config_files(args) if (r := _root_dir_of(f))]
+            roots = [r for f in config_files(args) if (r := root_dir_of(f))]
             written.update(roots[-1:])
     assert "runs/quickstart" in written and "runs/cifar10_wcl+10pct+label_graph" in written
     assert {"runs/quickstart", "runs/cifar10_wcl+1pct+label_graph"} <= named  # the pattern finds what it checks
@@ -380,3 +380,53 @@ def test_own_images_cpu_command_of_the_readme_runs(tmp_path, capsys):
           "--trainer.enable_progress_bar", "false"])
     out = capsys.readouterr().out
     assert "wcl: final val/knn_top1 = " in out and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_first_screen_introduces_wcl_with_its_version(capsys):
+    """``--help`` names wcl and its subcommands (not Lightning's tool); ``--version`` prints the versions."""
+    import wcl
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code in (0, None)
+    assert capsys.readouterr().out.startswith(f"wcl {wcl.__version__} (torch ")
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m wcl ") and "Weakly Supervised Contrastive Learning" in out
+    assert "Lightning Trainer command line tool" not in out and "--version" in out
+    with pytest.raises(SystemExit):  # the class pages jsonargparse builds are named too
+        main(["fit", "--model.help", "wcl.WCL"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m wcl ") and "__main__.py" not in out
+    assert "(type: PositiveFloat, default: 0.1)" in " ".join(out.split())  # the constraint is on the page
+
+
+@pytest.mark.slow
+def test_first_screen_as_users_run_it(tmp_path):
+    """``wcl``/``python -m wcl`` in a pipe: its own name and version, no hardware lines for absent devices, no note
+    about Lightning's summary callbacks; ``python -m wcl.export … backbone.pt`` leaves no untracked file."""
+    import os
+    import shutil
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "wcl", *args], cwd=ROOT, env=env,  # noqa: E731
+                                       capture_output=True, text=True, timeout=600)
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("wcl "), proc.stderr
+    proc = run("fit", "--help")
+    assert proc.stdout.startswith("usage: python -m wcl [options] fit") and "__main__.py" not in proc.stdout
+    proc = run("fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs", "1", "--data.train_per_class",
+               "2", "--data.val_per_class", "1", "--data.batch_size", "10", "--data.num_workers", "0",
+               "--model.width", "4", "--model.channels_last", "false", "--trainer.default_root_dir",
+               str(tmp_path / "run"))
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "wcl: fit finished" in text, text[-2000:]
+    for noise in ("TPU available", "HPU available", "Trainer already configured with model summary callbacks"):
+        assert noise not in text, noise
+    import torch
+
+    assert ("GPU available" in text) == torch.cuda.is_available()
+    if shutil.which("git") and (ROOT / ".git").exists():
+        ignored = subprocess.run(["git", "check-ignore", "-q", "backbone.pt"], cwd=ROOT)
+        assert ignored.returncode == 0, "python -m wcl.export CKPT backbone.pt would leave an untracked file"

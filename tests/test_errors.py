@@ -21,7 +21,7 @@ QUICK = str(ROOT / "configs" / "quickstart.yaml")
 LINEAR = str(ROOT / "configs" / "linear" / "quickstart.yaml")
 TINY = ["--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--data.train_per_class", "2",
         "--data.val_per_class", "1", "--data.batch_size", "10", "--data.num_workers", "0", "--model.width", "4"]
-# Runs that train in the new tests: channels_last at width 4 can crash natively on some CPUs (issue 27 item 3).
+# Runs that train: channels_last at width 4 can crash natively on some CPUs.
 SAFE = ["--model.channels_last", "false"]
 
 
@@ -122,6 +122,62 @@ CASES = {  # name: (extra fit arguments for the quickstart config, words the mes
     "jitter strength < 0": (["--data.augment.jitter_strength", "-1"], ["augment.jitter_strength"]),
     "std 0": (["--data.augment.std", "[0.2, 0, 0.2]"], ["augment.std"]),
 }
+
+# The trainer's keys and the seed: range and type, before anything is built, the key named with what it takes.
+TRAINER_CASES = {
+    "seed < 0": (["--seed_everything", "-5"], ["seed_everything", "-5", "[0, 4294967295]"]),
+    "seed too large": (["--seed_everything", "99999999999"], ["seed_everything", "4294967295"]),
+    "seed not a number": (["--seed_everything", "x"], ["seed_everything", "got x"]),
+    "accumulate 0": (["--trainer.accumulate_grad_batches", "0"], ["trainer.accumulate_grad_batches", ">= 1"]),
+    "max_epochs < -1": (["--trainer.max_epochs", "-5"], ["trainer.max_epochs", ">= 1", "-5"]),
+    "max_epochs 0": (["--trainer.max_epochs", "0"], ["trainer.max_epochs", ">= 1"]),
+    "max_epochs not an int": (["--trainer.max_epochs", "x"], ["trainer.max_epochs", "an int", "x"]),
+    "max_steps < -1": (["--trainer.max_steps", "-5"], ["trainer.max_steps", ">= 1"]),
+    "max_steps 0": (["--trainer.max_steps", "0"], ["trainer.max_steps", ">= 1"]),
+    "min_epochs < 0": (["--trainer.min_epochs", "-1"], ["trainer.min_epochs", ">= 0"]),
+    "limit_train_batches < 0": (["--trainer.limit_train_batches", "-1"], ["trainer.limit_train_batches", "[0, 1]"]),
+    "limit_train_batches 0": (["--trainer.limit_train_batches", "0"], ["trainer.limit_train_batches 0",
+                                                                       "trains nothing"]),
+    "limit_val_batches > 1": (["--trainer.limit_val_batches", "1.5"], ["trainer.limit_val_batches", "1.5"]),
+    "limit_val_batches not a number": (["--trainer.limit_val_batches", "many"], ["trainer.limit_val_batches"]),
+    "val_check_interval 0": (["--trainer.val_check_interval", "0"], ["trainer.val_check_interval", "(0, 1]"]),
+    "val_check_interval > 1": (["--trainer.val_check_interval", "1.5"], ["trainer.val_check_interval"]),
+    "check_val_every_n_epoch 0": (["--trainer.check_val_every_n_epoch", "0"], ["trainer.check_val_every_n_epoch"]),
+    "log_every_n_steps < 0": (["--trainer.log_every_n_steps", "-1"], ["trainer.log_every_n_steps", ">= 1"]),
+    "log_every_n_steps 0": (["--trainer.log_every_n_steps", "0"], ["trainer.log_every_n_steps", "no training"]),
+    "sanity steps < -1": (["--trainer.num_sanity_val_steps", "-5"], ["trainer.num_sanity_val_steps"]),
+    "devices 0": (["--trainer.devices", "0"], ["trainer.devices", "'0'", ">= 1"]),
+    "devices < -1": (["--trainer.devices", "-2"], ["trainer.devices"]),
+    "devices empty list": (["--trainer.devices", "[]"], ["trainer.devices"]),
+    "num_nodes 0": (["--trainer.num_nodes", "0"], ["trainer.num_nodes", ">= 1"]),
+    "precision unknown": (["--trainer.precision", "foo"], ["trainer.precision", "bf16-mixed", "foo"]),
+    "gradient clip < 0": (["--trainer.gradient_clip_val", "-1"], ["trainer.gradient_clip_val", ">= 0"]),
+    "gradient clip algorithm": (["--trainer.gradient_clip_algorithm", "foo"], ["trainer.gradient_clip_algorithm",
+                                                                              "norm or value"]),
+    "fast_dev_run < 0": (["--trainer.fast_dev_run", "-1"], ["trainer.fast_dev_run"]),
+    "overfit_batches < 0": (["--trainer.overfit_batches", "-1"], ["trainer.overfit_batches"]),
+    "max_time malformed": (["--trainer.max_time", "abc"], ["trainer.max_time", "DD:HH:MM:SS"]),
+    "strategy unknown": (["--trainer.strategy", "foo"], ["trainer.strategy foo", "ddp"]),
+    "reload every < 0": (["--trainer.reload_dataloaders_every_n_epochs", "-1"],
+                         ["trainer.reload_dataloaders_every_n_epochs"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRAINER_CASES))
+def test_bad_trainer_or_seed_argument(case, capsys, tmp_path):
+    extra, needles = TRAINER_CASES[case]
+    record = tmp_path / "batches.log"
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--trainer.default_root_dir", str(tmp_path / "run"),
+                    "--trainer.callbacks+=tests.helpers.RecordBatches", f"--trainer.callbacks.path={record}", *extra],
+           *needles)
+    assert not record.exists() and not (tmp_path / "run" / "checkpoints").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "predict"])
+def test_trainer_keys_are_checked_for_every_subcommand(subcommand, capsys, tmp_path):
+    config = {"validate": "knn", "predict": "embed"}[subcommand]
+    _fails(capsys, [subcommand, "--config", str(ROOT / "configs" / config / "quickstart.yaml"), "--model.checkpoint",
+                    str(tmp_path / "none.ckpt"), "--trainer.devices", "0"], "trainer.devices")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -348,3 +404,49 @@ def test_settings_that_quietly_waste_a_run_get_one_warning_line_each(capsys, tmp
     assert "model.warmup_epochs 3" in warnings[0] and "(1 epoch)" in warnings[0]
     assert "model.knn_every_n_epochs is 0" in warnings[1] and "off" in warnings[1]
     assert "no val/" in warnings[2] and str(tmp_path / "data") in warnings[2]
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n", "- a\n- list\n"], ids=["empty", "comment", "list"])
+def test_config_file_without_keys_names_its_file(content, capsys, tmp_path):
+    empty = tmp_path / "mine.yaml"
+    empty.write_text(content)
+    _fails(capsys, ["fit", "--config", QUICK, "--config", str(empty), *TINY], f"the config {empty}", "key: value")
+
+
+def test_multicrop_overlay_given_twice_is_one_line(capsys, tmp_path):
+    overlay = str(ROOT / "configs" / "multicrop.yaml")
+    _fails(capsys, ["fit", "--config", QUICK, "--config", overlay, "--config", overlay, *TINY,
+                    "--trainer.default_root_dir", str(tmp_path)], "KnnMultiCrop twice", "--config once")
+    _fails(capsys, ["fit", "--config", QUICK, "--config", overlay, *TINY, "--trainer.default_root_dir", str(tmp_path),
+                    "--trainer.callbacks+=wcl.callbacks.KnnMultiCrop"], "KnnMultiCrop twice")
+
+
+def test_ckpt_path_last_without_last_ckpt_among_other_checkpoints_refuses(capsys, tmp_path, pretrained):
+    """Starting from scratch there would rotate the folder's epoch checkpoints away."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    kept = folder / "epoch=0-step=2.ckpt"
+    kept.write_bytes(pretrained.read_bytes())
+    line = _fails(capsys, ["fit", "--config", QUICK, *TINY, "--trainer.default_root_dir", str(tmp_path),
+                           "--ckpt_path", "last"], str(folder), "no last.ckpt", "epoch=0-step=2.ckpt",
+                  f"--ckpt_path {folder}/NAME.ckpt", "--overwrite true")
+    assert kept.read_bytes() == pretrained.read_bytes() and sorted(p.name for p in folder.iterdir()) == [kept.name]
+    assert line.count("wcl: error") == 1
+
+
+@pytest.mark.parametrize("change", [["--model.width", "8"], ["--model.backbone", "resnet34"],
+                                    ["--model.weak_weight", "0"], ["--model.optimizer", "adamw"]],
+                         ids=["width", "backbone", "no phi", "optimizer"])
+def test_resume_with_changes_refuses_another_network(change, capsys, tmp_path, pretrained):
+    line = _fails(capsys, ["fit", "--config", QUICK, *TINY, *change, "--ckpt_path", str(pretrained),
+                           "--resume_with_changes", "true", "--trainer.default_root_dir", str(tmp_path)],
+                  f"model.{change[0].split('.')[-1]}", "--resume_with_changes only continues", "optimizer-level")
+    assert "load_state_dict" not in line
+
+
+def test_resume_with_changes_continues_with_another_learning_rate(capsys, tmp_path, pretrained):
+    main(["fit", "--config", QUICK, *TINY, *SAFE, "--trainer.max_epochs", "2", "--model.base_lr", "0.1",
+          "--ckpt_path", str(pretrained), "--resume_with_changes", "true", "--trainer.limit_val_batches", "0",
+          "--trainer.default_root_dir", str(tmp_path)])
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["epoch"] == 1 and saved["hyper_parameters"]["base_lr"] == 0.1

@@ -48,7 +48,7 @@ def test_knn_table_torch_chunks_and_duplicates():
 def test_knn_k_out_of_range():
     with pytest.raises(ValueError, match="0 < K < dataset size"):
         knn_table(torch.randn(5, 3), 5)
-    with pytest.raises(ConfigError, match="k >= 1"):
+    with pytest.raises(ConfigError, match="KnnMultiCrop k must be an int > 0"):
         KnnMultiCrop(k=0)
 
 

@@ -14,6 +14,16 @@ from wcl import optim
 from wcl.callbacks import FiniteLossGuard, LabelledSubsetFile, OnlineKnn
 from wcl.callbacks.checkpoint import ResumesWhereItStopped
 from wcl.callbacks.monitor import is_logging_step
+from wcl.constraints import (
+    ClassCount,
+    ClosedUnitInterval,
+    Momentum,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    check_constraints,
+)
 from wcl.distributed import gather_nograd
 from wcl.errors import ConfigError
 from wcl.graph import GraphBackend, weak_label_stats
@@ -29,15 +39,11 @@ class WCL(ResumesWhereItStopped, LightningModule):
 
     ``loss = NT-Xent(g(h1), g(h2)) + weak_weight · swapped weak-label loss(phi(h1), phi(h2))`` over the global
     batch, with ``h = backbone(x)``. ``weak_weight: 0`` is SimCLR from the same code (and builds no ``phi``).
-
-    ``python -m wcl fit --model.help wcl.WCL`` lists these keys with the class's defaults (ResNet-50, width 64);
-    a ``--config`` sets its own values (the quickstart: ResNet-18, width 16), and ``--print_config`` after the
-    config shows the values a run will use.
+    ``--print_config`` after a ``--config`` shows the values a run will use (the quickstart: ResNet-18, width 16).
 
     Args:
-        backbone: ``resnet18``, ``resnet34``, ``resnet50`` (wcl's ResNets), ``torchvision:<name>`` (a classification
-            model of torchvision.models.list_models(), classifier removed) or ``timm:<name>`` (timm.create_model(name,
-            num_classes=0); pip install "wcl[timm]"). The feature dimension is read from the model.
+        backbone: ``resnet18``, ``resnet34``, ``resnet50`` (wcl's ResNets), ``torchvision:<name>`` (a model of
+            torchvision.models.list_models(), classifier removed) or ``timm:<name>`` (pip install "wcl[timm]").
         width: base width of wcl's ResNets (64 standard, 16 for CPU runs); other backbones need the default 64.
         cifar_stem: 3×3 stride-1 first convolution and no max-pool, for 32-px images (wcl's ResNets only).
         backbone_args: keyword arguments of the torchvision / timm constructor, e.g. ``{img_size: 32, patch_size:
@@ -51,31 +57,23 @@ class WCL(ResumesWhereItStopped, LightningModule):
         temperature: τ of NT-Xent.
         weak_temperature: τ of the weak-label loss.
         weak_weight: weight of the weak-label term (0: SimCLR, and no ``phi`` is built).
-        weak_warmup_epochs: ramp ``weak_weight`` linearly from 0 over this many epochs (0 = full weight from the
-            start).
-        graph_backend: where connected components are found: ``scipy``, ``torch`` or ``auto`` (torch on
-            accelerators, scipy on CPU).
-        label_graph: the known labels (``data.label_fraction`` / ``data.subset_file``, label -1 elsewhere) constrain
-            the weak-label graph of the global batch: labelled samples of one class are linked, a 1-NN edge between
-            labelled samples of different classes is dropped (:func:`wcl.graph.label_constraints`). This project's
-            extension, not the paper's; off by default.
-        label_merge: with ``label_graph``, true links the labelled samples of one class in the graph (their
-            components merge, with every unlabelled member); false keeps the components of the 1-NN graph (different-
-            class edges still dropped) and makes the labelled samples of one class positives of each other in the
-            weak-label loss only.
-        candidates_grad: true: the gradient of the global-batch loss, through anchors and every candidate of
-            every rank. false: the official code's — in NT-Xent other ranks' embeddings are constants; in the
-            weak-label loss every candidate is (this rank's own too), so that term's gradient flows through its
-            anchors only, on one process as well.
+        weak_warmup_epochs: ramp ``weak_weight`` linearly from 0 over this many epochs (0: full weight at once).
+        graph_backend: where connected components are found: ``scipy``, ``torch`` or ``auto`` (torch on accelerators).
+        label_graph: the known labels (``data.label_fraction`` / ``data.subset_file``, -1 elsewhere) constrain the
+            weak-label graph: labelled samples of one class are linked, a 1-NN edge between labelled samples of
+            different classes is dropped (:func:`wcl.graph.label_constraints`; an extension of the paper's method).
+        label_merge: with ``label_graph``, true links the labelled samples of one class in the graph; false keeps the
+            1-NN graph's components (different-class edges still dropped) and makes the labelled samples of one
+            class positives of each other in the weak-label loss only.
+        candidates_grad: true: the gradient flows through anchors and every candidate of every rank. false: the
+            official code's — other ranks' embeddings are constants in NT-Xent, and every candidate is in the
+            weak-label loss (this rank's own too), whose gradient then flows through its anchors only.
         crop_losses: which losses the low-resolution crops enter as extra anchors: ``both``, ``nce``, ``weak``, or
-            ``auto``: a crop cut from its sample's own image enters both, one cut from a neighbour the weak-label
-            loss only (in NT-Xent it would be an instance positive of a sample it was not cut from).
-        crop_weighting: ``anchor`` (every anchor weighs the same) or ``term`` (high-resolution anchors and crop
-            anchors are averaged separately, each mean half of the loss). Measured level with 2 crops per sample.
+            ``auto``: crops cut from the sample's own image enter both, crops cut from a neighbour the weak one only.
+        crop_weighting: ``anchor`` (each anchor weighs the same) or ``term`` (full-size and crop anchors: half each).
         optimizer: ``lars``, ``sgd`` or ``adamw``.
         base_lr: learning rate before ``lr_scaling``.
-        lr_scaling: lr = base_lr·B/256 (``linear``), base_lr·√B (``sqrt``) or base_lr (``none``), B = global
-            batch.
+        lr_scaling: lr = base_lr·B/256 (``linear``), base_lr·√B (``sqrt``) or base_lr (``none``); B: global batch.
         momentum: SGD / LARS momentum (AdamW ignores it).
         weight_decay: weight decay (not of biases and normalisation parameters with ``exclude_bias_norm``).
         lars_eta: LARS trust coefficient η (:class:`wcl.optim.LARS`).
@@ -84,83 +82,39 @@ class WCL(ResumesWhereItStopped, LightningModule):
             ``cls_token``, ``pos_embed``) get no weight decay and no LARS adaptation.
         warmup_epochs: linear warm-up of the lr over this many epochs, then cosine decay per step.
         min_lr_factor: the cosine decays to this fraction of the lr.
-        num_classes: classes of the online linear classifier (linked from the data module by the CLI; None
-            disables it).
-        online_lr: lr of the online linear classifier (it trains on detached features and never touches the
-            backbone).
+        num_classes: classes of the online linear classifier (linked from the data module; None: no classifier).
+        online_lr: lr of the online linear classifier (trained on detached features, never touches the backbone).
         knn_k: neighbours of the online weighted kNN (``wcl.callbacks.OnlineKnn``).
         knn_temperature: vote temperature of the online kNN.
         knn_every_n_epochs: run the online kNN every n epochs and after the last one (0 turns it off).
-        channels_last: run a convolutional backbone in channels-last memory format on CUDA devices (never one with
-            attention; on CPU the backbone always runs contiguous: see ``wcl.models.layout``).
-        compile_backbone: ``torch.compile`` the backbone in place (checkpoint keys do not change); ``auto``
-            compiles on CUDA devices only.
+        channels_last: channels-last memory format for a convolutional backbone on CUDA (``wcl.models.layout``).
+        compile_backbone: ``torch.compile`` the backbone in place (same checkpoint keys); ``auto``: on CUDA only.
         compile_mode: ``torch.compile``'s ``mode``.
         check_finite: stop with a clear error when a loss term is NaN/inf (``wcl.callbacks.FiniteLossGuard``).
     """
 
-    def __init__(
+    def __init__(  # grouped by concern: architecture, losses, optimisation, online evaluation, runtime
         self,
-        backbone: str = "resnet50",
-        width: int = 64,
-        cifar_stem: bool = False,
+        backbone: str = "resnet50", width: PositiveInt = 64, cifar_stem: bool = False,
         backbone_args: dict[str, Any] | None = None,
-        proj_hidden_dim: int = 2048,
-        proj_out_dim: int = 128,
-        proj_layers: int = 2,
-        weak_hidden_dim: int = 2048,
-        weak_out_dim: int = 128,
-        weak_layers: int = 2,
-        temperature: float = 0.1,
-        weak_temperature: float = 0.1,
-        weak_weight: float = 1.0,
-        weak_warmup_epochs: float = 0.0,
-        graph_backend: GraphBackend = "auto",
-        label_graph: bool = False,
-        label_merge: bool = True,
-        candidates_grad: bool = True,
-        crop_losses: Literal["both", "nce", "weak", "auto"] = "both",
+        proj_hidden_dim: PositiveInt = 2048, proj_out_dim: PositiveInt = 128, proj_layers: PositiveInt = 2,
+        weak_hidden_dim: PositiveInt = 2048, weak_out_dim: PositiveInt = 128, weak_layers: PositiveInt = 2,
+        temperature: PositiveFloat = 0.1, weak_temperature: PositiveFloat = 0.1,
+        weak_weight: NonNegativeFloat = 1.0, weak_warmup_epochs: NonNegativeFloat = 0.0,
+        graph_backend: GraphBackend = "auto", label_graph: bool = False, label_merge: bool = True,
+        candidates_grad: bool = True, crop_losses: Literal["both", "nce", "weak", "auto"] = "both",
         crop_weighting: CropWeighting = "anchor",
-        optimizer: OptimizerName = "lars",
-        base_lr: float = 0.075,
-        lr_scaling: LRScaling = "sqrt",
-        momentum: float = 0.9,
-        weight_decay: float = 1e-6,
-        lars_eta: float = 0.001,
-        lars_clip: bool = False,
-        exclude_bias_norm: bool = True,
-        warmup_epochs: float = 10.0,
-        min_lr_factor: float = 0.0,
-        num_classes: int | None = None,
-        online_lr: float = 0.1,
-        knn_k: int = 200,
-        knn_temperature: float = 0.1,
-        knn_every_n_epochs: int = 1,
-        channels_last: bool = True,
-        compile_backbone: bool | Literal["auto"] = "auto",
-        compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default",
-        check_finite: bool = True,
+        optimizer: OptimizerName = "lars", base_lr: PositiveFloat = 0.075, lr_scaling: LRScaling = "sqrt",
+        momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 1e-6, lars_eta: PositiveFloat = 0.001,
+        lars_clip: bool = False, exclude_bias_norm: bool = True, warmup_epochs: NonNegativeFloat = 10.0,
+        min_lr_factor: ClosedUnitInterval = 0.0,
+        num_classes: ClassCount | None = None, online_lr: PositiveFloat = 0.1,
+        knn_k: PositiveInt = 200, knn_temperature: PositiveFloat = 0.1, knn_every_n_epochs: NonNegativeInt = 1,
+        channels_last: bool = True, compile_backbone: bool | Literal["auto"] = "auto",
+        compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default", check_finite: bool = True,
     ) -> None:
         super().__init__()
-        for key, value in (("temperature", temperature), ("weak_temperature", weak_temperature),
-                           ("base_lr", base_lr), ("lars_eta", lars_eta), ("knn_temperature", knn_temperature),
-                           ("knn_k", knn_k), ("width", width), ("proj_hidden_dim", proj_hidden_dim),
-                           ("proj_out_dim", proj_out_dim), ("proj_layers", proj_layers),
-                           ("weak_hidden_dim", weak_hidden_dim), ("weak_out_dim", weak_out_dim),
-                           ("weak_layers", weak_layers), ("online_lr", online_lr)):
-            if value <= 0:
-                raise ConfigError(f"model.{key} must be > 0, got {value}")
-        for key, value in (("weak_weight", weak_weight), ("weak_warmup_epochs", weak_warmup_epochs),
-                           ("warmup_epochs", warmup_epochs), ("weight_decay", weight_decay),
-                           ("knn_every_n_epochs", knn_every_n_epochs)):
-            if value < 0:
-                raise ConfigError(f"model.{key} must be >= 0, got {value}")
-        if not 0 <= momentum < 1:
-            raise ConfigError(f"model.momentum must be >= 0 and < 1, got {momentum}")
-        if not 0 <= min_lr_factor <= 1:
-            raise ConfigError(f"model.min_lr_factor must be >= 0 and <= 1, got {min_lr_factor}")
-        if num_classes is not None and num_classes < 2:
-            raise ConfigError(f"model.num_classes must be >= 2 (or null, no online linear probe), got {num_classes}")
+        check_constraints(WCL.__init__, locals(), "model.")
         if weak_weight == 0 and crop_losses == "weak":
             raise ConfigError("model.crop_losses: weak needs the weak-label term, but model.weak_weight is 0 "
                               "(SimCLR mode); set --model.crop_losses nce to give the crops to NT-Xent.")
@@ -188,11 +142,6 @@ class WCL(ResumesWhereItStopped, LightningModule):
 
     def setup(self, stage: str) -> None:
         set_layout(self.backbone, self.device, self.hparams.channels_last)  # self.device: the strategy's device
-        dm = self._trainer.datamodule if self._trainer is not None else None
-        if stage == "fit" and self.hparams.label_graph and dm is not None and not getattr(dm, "label_subset", True):
-            raise ConfigError("model.label_graph uses the labels of data.label_fraction / data.subset_file, and neither"
-                              " is set, so every training label would be known; set --data.label_fraction (1.0 for "
-                              "all labels).")
         mode = self.hparams.compile_backbone
         if stage == "fit" and (mode is True or (mode == "auto" and self.device.type == "cuda")):
             compile_backbone(self.backbone, self.hparams.compile_mode)  # static shapes, padded evaluation batches
@@ -201,7 +150,7 @@ class WCL(ResumesWhereItStopped, LightningModule):
         """The callbacks this model's arguments configure: the online kNN and the non-finite-loss guard."""
         hp = self.hparams
         callbacks: list[Callback] = [FiniteLossGuard()] if hp.check_finite else []
-        callbacks.append(LabelledSubsetFile())  # writes the known-label list when the data module has one
+        callbacks.append(LabelledSubsetFile(required_by="model.label_graph" if hp.label_graph else None))
         if hp.knn_every_n_epochs > 0:
             callbacks.append(OnlineKnn(hp.knn_k, hp.knn_temperature, hp.knn_every_n_epochs))
         return callbacks
@@ -209,14 +158,15 @@ class WCL(ResumesWhereItStopped, LightningModule):
     def schedule_is_constant(self) -> bool:
         return self.hparams.min_lr_factor == 1.0
 
-    # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """batch: ``{"views": [x1, x2] (B×3×S×S), "index", "label"}`` (+ ``"small"``: crops; ``"true_label"``:
         every image's class where ``"label"`` is -1 for the unknown ones) → the loss, and for
         the callbacks ``h1`` (detached B×D), ``index`` and the loss ``terms``."""
         x1, x2 = batch["views"]
         h1, h2 = self(x1), self(x2)
-        small, owner = self._crops(batch, h1.shape[0])
+        crops = batch.get("small") or []  # one backbone pass for all crops; owner: each crop's sample in the batch
+        small = self(torch.cat(crops)) if crops else None
+        owner = torch.arange(len(x1), device=x1.device).repeat(len(crops)) if crops else None
         hp = self.hparams
         nce_crops = (self.g(small), owner) if small is not None and hp.crop_losses != "weak" else (None, None)
         own = None
@@ -235,23 +185,14 @@ class WCL(ResumesWhereItStopped, LightningModule):
             terms["online_linear_loss"] = ce / (target >= 0).sum().clamp(min=1)
         self.log_dict({f"train/{k}": v for k, v in terms.items()} | {"train/loss": loss}, batch_size=len(x1))
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(x1))
-        if self.phi is not None and self._logging_step():  # diagnostics read values back: only when logged
+        if self.phi is not None and (self._trainer is None or is_logging_step(self.trainer, self.global_step)):
+            # diagnostics read values back: only at logging steps
             # purity needs every image's class: the data module's true labels where it masks the unknown ones
             stats = weak_label_stats(labels2, gather_nograd(batch.get("true_label", batch["label"])))
             self.log_dict({f"weak_labels/{k}": v for k, v in stats.items()}, batch_size=len(x1))
             self.log("train/weak_weight", self.current_weak_weight(), batch_size=len(x1))
         total = loss + terms.get("online_linear_loss", 0.0)
         return {"loss": total, "h1": h1.detach(), "index": batch["index"], "terms": terms}
-
-    def _crops(self, batch: dict[str, Any], b: int) -> tuple[Tensor | None, Tensor | None]:
-        """Backbone features of the low-resolution crops (one forward for all) and each crop's local sample."""
-        small = batch.get("small") or []
-        if not small:
-            return None, None
-        return self(torch.cat(small)), torch.arange(b, device=small[0].device).repeat(len(small))
-
-    def _logging_step(self) -> bool:
-        return self._trainer is None or is_logging_step(self.trainer, self.global_step)
 
     def current_weak_weight(self) -> float:
         """``weak_weight`` after the linear warm-up of ``weak_warmup_epochs``."""
@@ -260,7 +201,6 @@ class WCL(ResumesWhereItStopped, LightningModule):
             return w
         return w * min(1.0, self.global_step / optim.steps_per_epoch(self.trainer) / ramp)
 
-    # ---------------------------------------------------------------- online evaluation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         """Val batches ``{"image", "index", "label"}``: online linear accuracy; features for the online kNN."""
         feats = self(batch["image"])
@@ -269,7 +209,6 @@ class WCL(ResumesWhereItStopped, LightningModule):
             self.log("val/online_linear_top1", self.online_top1, batch_size=feats.shape[0])
         return {"features": feats, "index": batch["index"], "label": batch["label"]}
 
-    # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         lr = optim.scaled_lr(hp.base_lr, optim.global_batch_size(self.trainer), hp.lr_scaling)

@@ -10,7 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from wcl.errors import ConfigError
+from wcl.constraints import NonNegativeInt, PositiveFloat, PositiveInt, check_constraints
 from wcl.neighbors import ShardedKnn
 
 
@@ -33,10 +33,9 @@ class OnlineKnn(Callback):
 
     metric = "knn"  # logged as val/<metric>_top1
 
-    def __init__(self, k: int = 200, temperature: float = 0.1, every_n_epochs: int = 1) -> None:
-        if k < 1 or temperature <= 0 or every_n_epochs < 0:
-            raise ConfigError(f"OnlineKnn needs k >= 1, temperature > 0 and every_n_epochs >= 0, got k={k}, "
-                              f"temperature={temperature}, every_n_epochs={every_n_epochs}")
+    def __init__(self, k: PositiveInt = 200, temperature: PositiveFloat = 0.1,
+                 every_n_epochs: NonNegativeInt = 1) -> None:
+        check_constraints(OnlineKnn.__init__, locals(), "OnlineKnn ")
         self.every_n_epochs = every_n_epochs
         self.scorer = ShardedKnn(k, temperature)
         self.num_classes: int | None = None

@@ -101,7 +101,16 @@ class FeatureDataset(TensorDataset):
 class LabelledSubsetFile(Callback):
     """Writes ``labelled_subset.txt`` (one image source a line) next to the checkpoints when the data module selected
     a labelled subset (``data.label_fraction`` or ``data.subset_file``), so a semi-supervised result names its
-    labels."""
+    labels. ``required_by``: the model argument that needs such a subset (a fit without one is refused)."""
+
+    def __init__(self, required_by: str | None = None) -> None:
+        self.required_by = required_by
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and self.required_by and not getattr(trainer.datamodule, "label_subset", True):
+            raise ConfigError(f"{self.required_by} uses the labels of data.label_fraction / data.subset_file, and "
+                              "neither is set, so every training label would be known; set --data.label_fraction "
+                              "(1.0 for all labels).")
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         dm = trainer.datamodule

@@ -22,6 +22,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from wcl.constraints import PositiveInt, check_constraints
 from wcl.data.crops import NeighborRule, NeighborTable, restrict_neighbors
 from wcl.distributed import gather_nograd, gather_varlen, rank, world_size
 from wcl.errors import ConfigError
@@ -132,10 +133,9 @@ class KnnMultiCrop(Callback):
             ``nearest``; a neighbour the rule drops is replaced by the sample itself.
     """
 
-    def __init__(self, k: int = 5, backend: KnnBackend = "torch", nprobe: int = 16,
+    def __init__(self, k: PositiveInt = 5, backend: KnnBackend = "torch", nprobe: PositiveInt = 16,
                  save_bank: bool | Literal["auto"] = "auto", rule: NeighborRule = "all") -> None:
-        if k < 1 or nprobe < 1:
-            raise ConfigError(f"KnnMultiCrop needs k >= 1 and nprobe >= 1, got k={k}, nprobe={nprobe}")
+        check_constraints(KnnMultiCrop.__init__, locals(), "KnnMultiCrop ")
         self.k, self.backend, self.nprobe, self.save_bank, self.rule = k, backend, nprobe, save_bank, rule
         self.table: NeighborTable | None = None
         self.searched: Tensor | None = None  # the last search's table, before the rule

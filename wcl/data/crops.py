@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from wcl.constraints import NonNegativeInt, PositiveInt
 from wcl.errors import ConfigError
 
 CropOrigin = Literal["self", "neighbors"]
@@ -99,17 +100,14 @@ class CropSource:
     whether the crops come from the sample itself (``self``) or are skipped (``none``).
     """
 
-    num: int
-    size: int = 16
+    num: NonNegativeInt
+    size: PositiveInt = 16
     scale: tuple[float, float] = (0.14, 1.0)
     origin: CropOrigin = "neighbors"
     first_epoch: Literal["self", "none"] = "self"
     table: NeighborTable | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.num < 0 or self.size < 1:
-            raise ConfigError(f"data.num_small_crops must be >= 0 and data.small_crop_size >= 1, got {self.num} "
-                              f"and {self.size}")
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
             raise ConfigError(f"data.small_crop_scale must satisfy 0 < min <= max <= 1, got {list(self.scale)}")

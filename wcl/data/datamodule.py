@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
+from wcl.constraints import NonNegativeInt, PositiveInt, check_constraints
 from wcl.data.augment import Augmentations, EpochViews, cpu_view, eval_transform, moco_v2
 from wcl.data.base import ImageData
 from wcl.data.batched import BatchedViews
@@ -68,8 +69,8 @@ class WCLDataModule(ImageData):
         augment_on: Literal["cpu", "device"] = "cpu",
         augment_warmup_epochs: int = 0,
         warmup_augment: Augmentations | None = None,
-        num_small_crops: int = 0,
-        small_crop_size: int = 16,
+        num_small_crops: NonNegativeInt = 0,
+        small_crop_size: PositiveInt = 16,
         small_crop_scale: tuple[float, float] = (0.14, 1.0),
         small_crop_source: CropOrigin = "neighbors",
         first_epoch: Literal["self", "none"] = "self",
@@ -79,6 +80,7 @@ class WCLDataModule(ImageData):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_constraints(WCLDataModule.__init__, locals(), "data.")
         check_label_choice(label_fraction, subset_file)
         self._labelled(label_fraction, subset_file, seed, bank)
         if self.batch_size < 2:

@@ -16,20 +16,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
 from wcl.callbacks.checkpoint import ResumesWhereItStopped
+from wcl.constraints import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, check_constraints
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
 from wcl.models.layout import set_layout, to_layout
 from wcl.optim import global_batch_size, param_groups, scaled_lr, warmup_cosine
-
-
-def check_ranges(lr: float, momentum: float, weight_decay: float) -> None:
-    """The optimiser arguments of the probe and fine-tune models (lr > 0, 0 <= momentum < 1, weight_decay >= 0)."""
-    if lr <= 0:
-        raise ConfigError(f"model.lr must be > 0, got {lr}")
-    if not 0 <= momentum < 1:
-        raise ConfigError(f"model.momentum must be >= 0 and < 1, got {momentum}")
-    if weight_decay < 0:
-        raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
 
 
 class _SupervisedEval(ResumesWhereItStopped, LightningModule):
@@ -41,7 +32,8 @@ class _SupervisedEval(ResumesWhereItStopped, LightningModule):
         if num_classes is None:
             raise ConfigError("model.num_classes is unset; use a data module that defines it (the CLI links it) "
                               "or set --model.num_classes.")
-        check_ranges(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        check_constraints(type(self).__init__, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay},
+                          "model.")
         self.backbone, self.arch = load_backbone(checkpoint, backbone)
         self.classifier = nn.Linear(self.backbone.out_dim, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -119,8 +111,8 @@ class LinearProbe(_SupervisedEval):
     """
 
     def __init__(self, checkpoint: str, num_classes: int | None = None,
-                 mode: Literal["cached", "augment"] = "cached", lr: float = 0.1, momentum: float = 0.9,
-                 weight_decay: float = 0.0, lr_scaling: Literal["none", "linear"] = "none",
+                 mode: Literal["cached", "augment"] = "cached", lr: PositiveFloat = 0.1, momentum: Momentum = 0.9,
+                 weight_decay: NonNegativeFloat = 0.0, lr_scaling: Literal["none", "linear"] = "none",
                  backbone: str | None = None) -> None:
         super().__init__(checkpoint, num_classes, lr, momentum, weight_decay, backbone)
         self.save_hyperparameters()
@@ -167,14 +159,11 @@ class FineTune(_SupervisedEval):
         probe_lr: learning rate of that probe.
     """
 
-    def __init__(self, checkpoint: str, num_classes: int | None = None, lr: float = 0.01,
-                 classifier_lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 backbone: str | None = None, probe_epochs: int = 0, probe_lr: float = 0.1) -> None:
-        if classifier_lr <= 0 or probe_lr <= 0:
-            raise ConfigError(f"model.classifier_lr and model.probe_lr must be > 0, got {classifier_lr} and "
-                              f"{probe_lr}")
-        if probe_epochs < 0:
-            raise ConfigError(f"model.probe_epochs must be >= 0, got {probe_epochs}")
+    def __init__(self, checkpoint: str, num_classes: int | None = None, lr: PositiveFloat = 0.01,
+                 classifier_lr: PositiveFloat = 0.1, momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 0.0,
+                 backbone: str | None = None, probe_epochs: NonNegativeInt = 0, probe_lr: PositiveFloat = 0.1) -> None:
+        check_constraints(FineTune.__init__, {"classifier_lr": classifier_lr, "probe_epochs": probe_epochs,
+                                              "probe_lr": probe_lr}, "model.")
         super().__init__(checkpoint, num_classes, lr, momentum, weight_decay, backbone)
         self.save_hyperparameters()
         self.hparams["arch"] = self.arch

@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, LightningModule
 from torch import Tensor
 
 from wcl.callbacks.knn import OnlineKnn
-from wcl.errors import ConfigError
+from wcl.constraints import PositiveFloat, PositiveInt, check_constraints
 from wcl.eval.checkpoint import load_backbone
 from wcl.neighbors import ShardedKnn, knn_predict
 
@@ -28,12 +28,10 @@ class KNNEval(LightningModule):
         temperature: vote temperature (each neighbour votes with ``exp(cos / temperature)``).
     """
 
-    def __init__(self, checkpoint: str, num_classes: int | None = None, k: int = 200,
-                 temperature: float = 0.1) -> None:
+    def __init__(self, checkpoint: str, num_classes: int | None = None, k: PositiveInt = 200,
+                 temperature: PositiveFloat = 0.1) -> None:
         super().__init__()
-        if k < 1 or temperature <= 0:
-            raise ConfigError(f"model.k must be >= 1 and model.temperature > 0, got k={k}, temperature={temperature}")
-
+        check_constraints(KNNEval.__init__, locals(), "model.")
         self.save_hyperparameters()
         self.backbone, _ = load_backbone(checkpoint)
 
