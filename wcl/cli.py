@@ -143,6 +143,7 @@ class WCLCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Imported when a run starts, not for --help.
         from wcl.callbacks import ModelTable, PlainProgress, Preflight, RichProgress, TrainingMonitor
+        from wcl.callbacks.guards import RunChecks, StopOnSigterm
 
         cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         callbacks = list(cfg.get("callbacks") or [])
@@ -152,7 +153,8 @@ class WCLCLI(LightningCLI):
             callbacks.append(RichProgress() if sys.stdout.isatty() else PlainProgress())
         if cfg.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
             callbacks.append(ModelTable())
-        for default in (Preflight, TrainingMonitor):  # in this order: the pre-flight reads are not training time
+        # In this order: the pre-flight reads are not training time.
+        for default in (Preflight, TrainingMonitor, RunChecks, StopOnSigterm):
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())
         cfg["callbacks"] = callbacks
