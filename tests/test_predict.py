@@ -122,14 +122,18 @@ def test_two_gloo_ranks_give_the_rows_of_one_rank(setup, capsys):
 
 
 def test_merge_drops_the_repeats_of_a_padded_sampler(tmp_path):
-    """A padded DistributedSampler gives rank 1 sample 0 again: the merge keeps each dataset index once."""
+    """A padded DistributedSampler gives rank 1 sample 0 again: the merge keeps each dataset index once, and reads
+    only its own run's shards (another run writing into the same folder keeps its own)."""
     feats = np.arange(10, dtype=np.float16).reshape(5, 2)
-    np.savez(tmp_path / ".shard-0.npz", index=np.array([0, 2, 4]), features=feats[[0, 2, 4]], labels=np.zeros(3))
-    np.savez(tmp_path / ".shard-1.npz", index=np.array([1, 3, 0]), features=feats[[1, 3, 0]], labels=np.zeros(3))
+    np.savez(tmp_path / ".shard-mine-0.npz", index=np.array([0, 2, 4]), features=feats[[0, 2, 4]], labels=np.zeros(3))
+    np.savez(tmp_path / ".shard-mine-1.npz", index=np.array([1, 3, 0]), features=feats[[1, 3, 0]], labels=np.zeros(3))
+    np.savez(tmp_path / ".shard-other-0.npz", index=np.array([5]), features=feats[[0]] + 9, labels=np.zeros(1))
     writer = EmbeddingWriter(dtype="float16")
+    writer._run = "mine"
     writer._merge(SimpleNamespace(datamodule=None), tmp_path, "train", None, 1.0)
     assert np.array_equal(np.load(tmp_path / "embeddings.npy"), feats)
     assert len(list(csv.reader(open(tmp_path / "index.csv")))) == 6
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [".shard-other-0.npz"]  # no temporary file left
 
 
 def test_skip_corrupt_leaves_the_image_out(setup, tmp_path, capsys):

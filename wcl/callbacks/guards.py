@@ -15,6 +15,14 @@ from wcl.distributed import is_distributed
 from wcl.errors import ConfigError
 
 
+def stop_everywhere(trainer: Trainer, message: str) -> None:
+    """Stops every process of a run with ``message`` (a ``ConfigError``), said once: by global rank 0, while the
+    other processes exit with the same status (2) without repeating it. Every process must call it."""
+    if trainer.is_global_zero:
+        raise ConfigError(message)
+    raise SystemExit(2)
+
+
 class StopOnSigterm(Callback):
     """``validate`` and ``predict`` stop after the current batch on SIGTERM (a scheduler's pre-emption, ``kill``),
     with Lightning's ``SIGTERMException`` (``python -m wcl`` exits 143), instead of running to the end: Lightning
@@ -78,17 +86,17 @@ class RunChecks(Callback):
         sampler = getattr(loader, "sampler", None)
         per_rank, batch = getattr(sampler, "num_samples", None), getattr(loader, "batch_size", None)
         world = trainer.world_size
-        where = "this process's" if world == 1 else f"each of the {world} processes'"
         if per_rank is not None and batch is not None and per_rank < batch:
-            share = f"{per_rank} images" + ("" if world == 1 else f" per process ({per_rank * world} / {world})")
-            raise ConfigError(f"{where} training loader has no batch: {share}, fewer than data.batch_size={batch} "
-                              "(incomplete batches are dropped), so the run would train 0 steps and save nothing; "
-                              f"lower --data.batch_size to {per_rank} or less, use more images"
-                              + (", or fewer processes (--trainer.devices / --trainer.num_nodes)." if world > 1
-                                 else "."))
-        raise ConfigError(f"{where} training loader has no batch (trainer.limit_train_batches "
-                          f"{trainer.limit_train_batches}), so the run would train 0 steps and save nothing; use "
-                          "more images or a larger trainer.limit_train_batches.")
+            total = len(getattr(sampler, "dataset", None) or ()) or per_rank * world
+            share = f"{per_rank} training images" if world == 1 else \
+                f"{total} training images shared by {world} processes: {per_rank} each"
+            more = ", or fewer processes (--trainer.devices / --trainer.num_nodes)" if world > 1 else ""
+            stop_everywhere(trainer, f"{share}, fewer than data.batch_size={batch} (incomplete batches are "
+                            f"dropped), so the run would train 0 steps and save nothing; lower --data.batch_size to "
+                            f"{per_rank} or less, use more images{more}.")
+        stop_everywhere(trainer, f"a training loader has no batch (trainer.limit_train_batches "
+                        f"{trainer.limit_train_batches}), so the run would train 0 steps and save nothing; use "
+                        "more images or a larger trainer.limit_train_batches.")
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         from wcl.eval.classifier import FineTune, LinearProbe
