@@ -1,13 +1,17 @@
-"""Files a command writes for others to read: a file's identity (which checkpoint made these embeddings?) and
-writes that a reader or a stop never sees half done."""
+"""Files a command writes for others to read: a file's identity (which checkpoint made these embeddings?), writes
+that a reader or a stop never sees half done, and a stop by SIGTERM or Ctrl-C that leaves only whole files."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,3 +51,33 @@ def write_whole(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class Stopped(BaseException):
+    """SIGTERM (or Ctrl-C) inside :func:`stops_cleanly`; ``code`` is the exit status a shell shows (143, 130)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum, self.code = signum, 128 + signum
+
+
+@contextlib.contextmanager
+def stops_cleanly(prog: str) -> Iterator[None]:
+    """Runs a command's body so that SIGTERM and Ctrl-C end it with one line and exit status 128 + the signal's
+    number (143, 130), never a traceback: the file being written is dropped (:func:`write_whole`), the files
+    written before it are whole. The previous handlers are restored after."""
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        yield
+    except Stopped as stopped:
+        name = signal.Signals(stopped.signum).name
+        print(f"{prog}: stopped by {name}; the files it wrote before are whole, the one it was writing was dropped",
+              file=sys.stderr, flush=True)
+        raise SystemExit(stopped.code) from None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
