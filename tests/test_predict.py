@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EMBED = str(ROOT / "configs" / "embed" / "quickstart.yaml")
 
 
-def tiny_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
     model = WCL(backbone="resnet18", width=4, cifar_stem=True, proj_hidden_dim=16, weak_hidden_dim=16, num_classes=2)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
     return path
@@ -165,3 +167,49 @@ def test_bad_input_ends_in_one_line(setup, tmp_path, capsys):
     corrupt = image_folder(tmp_path / "bad", {"a": (2, 1), "b": (2, 1)}, corrupt="train/b/0.png")
     _fails(capsys, _args(ckpt, corrupt, tmp_path / "o3"), "train/b/0.png")
     _fails(capsys, [*_args(ckpt, data, tmp_path / "o4"), "--ckpt_path", str(ckpt)], "--model.checkpoint")
+
+
+def test_a_folder_holds_the_embeddings_of_one_checkpoint_and_one_data_set(setup, tmp_path, capsys):
+    """embedding.json names the checkpoint by its content; a predict of another checkpoint, or of other images, into
+    a folder that holds embeddings stops before it embeds anything and names both checkpoints; the same predict
+    again replaces its own rows; --model.overwrite true replaces another's, and no split of the old rows stays."""
+    ckpt, data, _ = setup
+    out = tmp_path / "out"
+    main(_args(ckpt, data, out))
+    main(_args(ckpt, data, out))  # the same checkpoint and images again: no question asked
+    meta = json.loads((out / "embeddings" / "train" / "embedding.json").read_text())
+    assert meta["checkpoint_file"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta["checkpoint_file"]["bytes"] == ckpt.stat().st_size
+    rows = (out / "embeddings" / "train" / "embeddings.npy").read_bytes()
+    capsys.readouterr()
+
+    other = tiny_checkpoint(tmp_path / "other.ckpt", seed=1)
+    _fails(capsys, _args(other, data, out), "holds the embeddings of another checkpoint")
+    with pytest.raises(SystemExit):
+        main(_args(other, data, out))
+    line = capsys.readouterr().err.strip()
+    assert str(ckpt.resolve()) in line and str(other) in line and meta["checkpoint_file"]["sha256"][:12] in line
+    data2 = image_folder(tmp_path / "data2", {"a": (2, 0), "b": (2, 0)})  # train/ only
+    _fails(capsys, _args(ckpt, data2, out), "other images")
+    assert (out / "embeddings" / "train" / "embeddings.npy").read_bytes() == rows  # untouched
+
+    main([*_args(ckpt, data2, out), "--model.overwrite", "true"])
+    assert "replacing the embeddings of other images" in capsys.readouterr().out
+    assert sorted(p.parent.name for p in (out / "embeddings").glob("*/embeddings.npy")) == ["train"]  # no old val/
+    assert np.load(out / "embeddings" / "train" / "embeddings.npy").shape[0] == 4
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".shard-")]
+
+
+def test_a_predict_writing_into_a_folder_holds_it(setup, tmp_path, capsys):
+    import fcntl
+
+    ckpt, data, _ = setup
+    root = tmp_path / "out" / "embeddings"
+    root.mkdir(parents=True)
+    with open(root / ".wcl-predict.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1 on elsewhere\n")
+        held.flush()
+        _fails(capsys, _args(ckpt, data, tmp_path / "out"), "another predict is writing into")
+    main(_args(ckpt, data, tmp_path / "out"))  # free again
+    assert (root / "val" / "embeddings.npy").is_file()

@@ -147,7 +147,9 @@ def _disk_full_message(path: Path) -> str:
         free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MB free"
     except OSError:
         free = "free space unknown"
-    kept = f"{path.name} is kept as it was" if path.is_file() else f"no {path.name} was written"
+    others = sorted(p.name for p in path.parent.glob("*.ckpt"))
+    kept = f"the checkpoints there ({', '.join(others[:3])}{', …' if len(others) > 3 else ''}) are kept as they were" \
+        if others else "no checkpoint was written yet"
     return (f"no space left on the device of {path.parent} ({free}) while saving {path.name}; {kept}. Free space "
             "there (or pass another --trainer.default_root_dir), then resume with --ckpt_path last.")
 
