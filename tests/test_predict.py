@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,7 +190,8 @@ def test_a_folder_holds_the_embeddings_of_one_checkpoint_and_one_data_set(setup,
         main(_args(other, data, out))
     line = capsys.readouterr().err.strip()
     assert str(ckpt.resolve()) in line and str(other) in line and meta["checkpoint_file"]["sha256"][:12] in line
-    data2 = image_folder(tmp_path / "data2", {"a": (2, 0), "b": (2, 0)})  # train/ only
+    data2 = image_folder(tmp_path / "data2", {"a": (2, 1), "b": (2, 1)})
+    shutil.rmtree(data2 / "val")  # train/ only
     _fails(capsys, _args(ckpt, data2, out), "other images")
     assert (out / "embeddings" / "train" / "embeddings.npy").read_bytes() == rows  # untouched
 
