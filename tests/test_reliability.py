@@ -304,7 +304,8 @@ def test_runs_that_would_do_nothing_say_so_before_they_start(tmp_path, capsys):
         line = _one_error(capsys, ["validate", "--config", str(ROOT / "configs" / config), "--model.checkpoint",
                                    str(ckpt), "--trainer.default_root_dir", str(tmp_path / "probe"),
                                    "--data.train_per_class", "2", "--data.val_per_class", "1",
-                                   "--data.num_workers", "0"], "without --ckpt_path would score an untrained")
+                                   "--data.num_workers", "0", "--data.label_fraction", "1.0"],
+                          "without --ckpt_path would score an untrained")
         assert "--ckpt_path PATH" in line
 
 

@@ -65,7 +65,8 @@ def _command(name: str, runs: dict[str, Path], out: Path) -> tuple[list[str], st
                 *DATA, "--trainer.default_root_dir", str(out), "--ckpt_path", str(runs["probe"])], "wcl: val/top1 = "
     if name == "validate-finetune":
         return [*wcl, "validate", "--config", str(CONFIGS / "finetune" / "quickstart_10pct.yaml"), "--model.checkpoint",
-                pre, *DATA, "--trainer.default_root_dir", str(out), "--ckpt_path", str(runs["ft"])], "wcl: val/top1 = "
+                pre, *DATA, "--data.label_fraction", "0.5", "--trainer.default_root_dir", str(out), "--ckpt_path",
+                str(runs["ft"])], "wcl: val/top1 = "
     if name == "validate-knn":
         return [*wcl, "validate", "--config", str(CONFIGS / "knn" / "quickstart.yaml"), "--model.checkpoint", pre,
                 *DATA, "--trainer.default_root_dir", str(out)], "wcl: val/knn_top1 = "
