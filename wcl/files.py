@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -14,6 +15,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from wcl.errors import WCLError
 
 
 def file_identity(path: str | Path, known: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -40,14 +43,26 @@ def describe_file(path: str | Path | None, identity: dict[str, Any] | None) -> s
             f"{identity['modified']})")
 
 
+class WriteError(WCLError, OSError):
+    """A file could not be written (a full disk, a read-only folder); nothing half-written was left."""
+
+
 def write_whole(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     """Writes ``path`` through ``write(file)`` under a temporary name in its folder, then renames it into place: a
-    reader or a stop never sees a half-written file."""
+    reader or a stop never sees a half-written file. A failed write (a full disk) is a :class:`WriteError` whose
+    message names the file and its folder."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
             write(f)
         os.replace(tmp, path)
+    except OSError as err:
+        try:
+            free = f", {shutil.disk_usage(path.parent).free / 2**20:.1f} MB free there"
+        except OSError:
+            free = ""
+        raise WriteError(f"cannot write {path.name} into {path.parent}: {err.strerror or err}{free}; nothing "
+                         "half-written was left. Free space there or choose another output folder.") from err
     finally:
         if tmp.exists():
             tmp.unlink()
