@@ -246,7 +246,7 @@ class Checkpoint(ModelCheckpoint):
             return
         path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
         if isinstance(exception, KeyboardInterrupt):
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and trainer.state.fn == TrainerFn.FITTING:
                 kept = f"{path} is left as it was" if os.path.isfile(path) else "no last.ckpt was saved"
                 print(f"wcl: stopped at once at step {trainer.global_step}; {kept} (a checkpoint taken in the "
                       "middle of a step would not resume exactly)", flush=True)

@@ -66,9 +66,9 @@ class RunChecks(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.log_every_n_steps == 0 and trainer.loggers:
-            raise ConfigError("trainer.log_every_n_steps 0 logs no training metric (metrics.csv would have no "
-                              "train/* or weak_labels/* column); set it to N >= 1 to log every N steps, or pass "
-                              "--trainer.logger false to write no metrics at all.")
+            stop_everywhere(trainer, "trainer.log_every_n_steps 0 logs no training metric (metrics.csv would have "
+                            "no train/* or weak_labels/* column); set it to N >= 1 to log every N steps, or pass "
+                            "--trainer.logger false to write no metrics at all.")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.limit_train_batches == 0:
