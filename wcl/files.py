@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from wcl.errors import WCLError
+from wcl.errors import ConfigError, WCLError
 
 
 def file_identity(path: str | Path, known: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -66,6 +67,34 @@ def write_whole(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def lock_folder(folder: Path, name: str, busy: str) -> IO[str] | None:
+    """Holds an exclusive lock on ``folder`` (the file ``folder/name``) while the returned file is open; the system
+    frees it when the process ends in any way (kill -9 included), so a stale file never blocks. Where another process
+    holds it, a ``ConfigError`` says ``busy`` formatted with ``root`` (the folder) and ``holder`` (its process, host
+    and start). ``None`` where the system has no locks (Windows, some network file systems): unguarded."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / name, "a+")  # noqa: SIM115 - held open while the caller writes
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(busy.format(root=folder, holder=holder)) from None
+    except OSError:
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
 
 
 class Stopped(BaseException):

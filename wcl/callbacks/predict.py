@@ -17,13 +17,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import socket
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,7 +30,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from wcl.errors import ConfigError
-from wcl.files import describe_file, file_identity, write_whole
+from wcl.files import describe_file, file_identity, lock_folder, write_whole
 
 META = "embedding.json"
 LOCK = ".wcl-predict.lock"
@@ -78,7 +76,8 @@ class EmbeddingWriter(BasePredictionWriter):
             try:
                 identity = file_identity(self.checkpoint) if self.checkpoint else None
                 root = self.root(trainer)
-                self._lock = _lock_folder(root)
+                self._lock = lock_folder(root, LOCK, "another predict is writing into {root} ({holder}); wait for "
+                                         "it to end, or pass another --model.output_dir.")
                 self._claim(root, trainer.datamodule, identity)
             except (ConfigError, OSError) as err:
                 self._release()
@@ -237,33 +236,6 @@ def _other_owner(theirs: dict[str, Any], mine: dict[str, Any]) -> str | None:
     if theirs.get("transform") != mine["transform"]:
         return f"the same checkpoint with another transform ({theirs.get('transform')})"
     return None
-
-
-def _lock_folder(root: Path) -> IO[str] | None:
-    """An exclusive lock on ``root`` (``root/.wcl-predict.lock``) while the returned file is open; the system frees
-    it when the process ends in any way. Another predict that holds it is named in the error."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks
-        return None
-    root.mkdir(parents=True, exist_ok=True)
-    f = open(root / LOCK, "a+")  # noqa: SIM115 - held open while the run writes
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise ConfigError(f"another predict is writing into {root} ({holder}); wait for it to end, or pass another "
-                          "--model.output_dir.") from None
-    except OSError:  # a file system without locks
-        f.close()
-        return None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    f.flush()
-    return f
 
 
 def _path_of(dataset: Any, i: int, name: str) -> str:
