@@ -231,7 +231,8 @@ def _other_owner(theirs: dict[str, Any], mine: dict[str, Any]) -> str | None:
     data = dict(theirs.get("data") or {})
     data.pop("split", None)
     if data != mine["data"]:
-        where = f"{data.get('dataset')} at {data.get('root')}" if data else "images not recorded"
+        where = f"{data.get('dataset')}" + (f" at {data['root']}" if data.get("root") else "") if data else \
+            "images not recorded"
         return f"other images ({where}) by the same checkpoint"
     if theirs.get("transform") != mine["transform"]:
         return f"the same checkpoint with another transform ({theirs.get('transform')})"
