@@ -291,12 +291,14 @@ def _one_error(capsys, args: list[str], needle: str) -> str:
 
 
 def test_runs_that_would_do_nothing_say_so_before_they_start(tmp_path, capsys):
-    """log_every_n_steps 0 would drop every train/* column from metrics.csv; a probe's validate without its
-    trained classifier (--ckpt_path) would score chance. Both stop in one line, before any step."""
+    """log_every_n_steps 0 would drop every train/* column from metrics.csv; limit_train_batches 0 would train
+    nothing; a probe's validate without its trained classifier (--ckpt_path) would score chance. Each stops in one
+    line, before any step."""
     from tests.test_predict import tiny_checkpoint
 
     _one_error(capsys, _tiny_fit(tmp_path / "a", "--trainer.log_every_n_steps", "0"), "log_every_n_steps 0")
     assert not list((tmp_path / "a").rglob("*.ckpt")) and not list((tmp_path / "a").rglob("metrics.csv"))
+    _one_error(capsys, _tiny_fit(tmp_path / "c", "--trainer.limit_train_batches", "0"), "trains no step")
     main(_tiny_fit(tmp_path / "b", "--trainer.log_every_n_steps", "0", "--trainer.logger", "false",
                    "--trainer.max_steps", "1"))  # no logger: nothing is lost, the run goes
     ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt")
