@@ -25,7 +25,7 @@ def test_components_equal_the_training_weak_labels():
     assert np.array_equal(components(idx[:, 0]), weak_labels(x).numpy())
 
 
-def test_purity_and_nmi_by_hand():
+def test_purity_and_nmi_by_hand():  # NMI: torchmetrics', checked against the formula
     pred, true = np.array([0, 0, 1, 1, 1, 2]), np.array([0, 0, 0, 1, 1, 1])
     assert purity(pred, true) == pytest.approx(5 / 6)  # majorities 2 + 2 + 1 of 6
     ln = math.log
@@ -139,3 +139,55 @@ def test_umap_map_calls_umap_learn_and_says_how_to_get_it(tmp_path, capsys, monk
     assert calls[0] == {"n_components": 2, "metric": "cosine", "random_state": 3}
     n = len(list(csv.DictReader(open(folder / "clusters.csv"))))
     assert calls[1][0] == n and (folder / "map.png").is_file()
+
+
+def _model_checkpoint(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = WCL(backbone="resnet18", width=4, cifar_stem=True, proj_hidden_dim=16, weak_hidden_dim=16, num_classes=2)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    return path
+
+
+def test_bad_rows_a_bad_out_and_a_bad_query_are_one_line_before_any_work(tmp_path, capsys):
+    """Each of these used to fail after the clustering (a scipy traceback, a SIGFPE after clusters.csv, a
+    FileExistsError, a late query error): now one line, and nothing is written."""
+    split = _split(tmp_path / "nan")
+    x = np.load(split / "embeddings.npy")
+    x[5, 2] = np.nan
+    np.save(split / "embeddings.npy", x)
+    _fails(capsys, [str(split)], "1 row(s) with NaN or inf values (row 5")
+    empty = _split(tmp_path / "nx0")
+    np.save(empty / "embeddings.npy", np.zeros((40, 0), np.float16))
+    _fails(capsys, [str(empty)], "shape (40, 0)")
+    split = _split(tmp_path / "ok")
+    (tmp_path / "a_file").write_text("")
+    _fails(capsys, [str(split), "--out", str(tmp_path / "a_file")], "is a file, not a folder")
+    _fails(capsys, [str(split), "--out", str(tmp_path / "a_file" / "sub")], "cannot be created")
+    _fails(capsys, [str(split), "--query", str(tmp_path / "missing.png")], "does not exist")
+    assert not (split / "clusters.csv").exists() and not (tmp_path / "nan" / "clusters.csv").exists()
+
+
+def test_a_query_needs_the_checkpoint_that_wrote_the_rows(tmp_path, capsys):
+    """embedding.json records the checkpoint's identity; a query after the checkpoint changed (a fit that went on
+    writes a new last.ckpt at the same path) names both and stops before any work."""
+    from wcl.files import file_identity
+
+    ckpt = _model_checkpoint(tmp_path / "last.ckpt")
+    split = _split(tmp_path / "val", ckpt=ckpt)
+    np.save(split / "embeddings.npy", np.random.default_rng(0).normal(size=(40, 32)).astype(np.float16))
+    meta = json.loads((split / "embedding.json").read_text())
+    (split / "embedding.json").write_text(json.dumps({**meta, "checkpoint_file": file_identity(ckpt)}))
+    query = [str(split), "--no-pictures", "--query", str(split / "img" / "3.png"), "--k", "3"]
+    main(query)
+    assert (split / "query.csv").is_file()
+    (split / "query.csv").unlink()
+    (split / "clusters.csv").unlink()
+    sha = json.loads((split / "embedding.json").read_text())["checkpoint_file"]["sha256"]
+    _model_checkpoint(ckpt, seed=1)  # the fit went on
+    with pytest.raises(SystemExit) as exc:
+        main(query)
+    assert exc.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert "the checkpoint changed since predict wrote" in line and sha[:12] in line
+    assert file_identity(ckpt)["sha256"][:12] in line and line.count(str(ckpt)) == 2
+    assert not (split / "clusters.csv").exists() and not (split / "query.csv").exists()

@@ -73,3 +73,42 @@ def test_exclusion_of_biases_and_norms_can_be_turned_off():
     net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
     decay, excluded = param_groups({"net": net}, weight_decay=0.1, exclude_bias_norm=False)
     assert len(decay["params"]) == 4 and not excluded["params"]
+
+
+def _run(sched_args: tuple, steps: range, state: tuple | None = None) -> tuple[list[float], tuple]:
+    from wcl.optim import WarmupCosineLR
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupCosineLR(opt, *sched_args)
+    if state is not None:
+        opt.load_state_dict(state[0])
+        sched.load_state_dict(state[1])
+    lrs = []
+    for _ in steps:
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs, (opt.state_dict(), sched.state_dict())
+
+
+def test_warmup_cosine_scheduler_keeps_its_planned_length_on_another_world_size():
+    """10 steps an epoch for 4 epochs, stopped at step 20; resumed with 5 steps an epoch (twice the processes): the
+    remaining 2 epochs are 10 steps, and the curve goes on from half way to its end over them."""
+    straight, _ = _run((10, 40, 10), range(40))
+    assert straight == pytest.approx([warmup_cosine(s, 10, 40) for s in range(40)])
+    first, state = _run((10, 40, 10), range(20))
+    resumed, _ = _run((5, 20, 5), range(20, 30), state)
+    assert first == straight[:20]
+    assert resumed == pytest.approx([straight[20 + 2 * i] for i in range(10)])  # one step now counts for two
+    assert resumed[-1] > 0 and min(resumed) == resumed[-1]
+    # Another length asked for (max_epochs 4 -> 6 at 10 steps an epoch): the new curve from the same step, as before.
+    longer, _ = _run((10, 60, 10), range(20, 22), state)
+    assert longer[1] == pytest.approx(warmup_cosine(21, 10, 60))
+    # A checkpoint of the scheduler before this one (a LambdaLR's state) resumes on the plain curve.
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    old = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 10, 40))
+    for _ in range(20):
+        opt.step()
+        old.step()
+    again, _ = _run((10, 40, 10), range(20, 25), (opt.state_dict(), old.state_dict()))
+    assert again == pytest.approx(straight[20:25])

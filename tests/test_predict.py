@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EMBED = str(ROOT / "configs" / "embed" / "quickstart.yaml")
 
 
-def tiny_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
     model = WCL(backbone="resnet18", width=4, cifar_stem=True, proj_hidden_dim=16, weak_hidden_dim=16, num_classes=2)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
     return path
@@ -124,14 +127,18 @@ def test_two_gloo_ranks_give_the_rows_of_one_rank(setup, capsys):
 
 
 def test_merge_drops_the_repeats_of_a_padded_sampler(tmp_path):
-    """A padded DistributedSampler gives rank 1 sample 0 again: the merge keeps each dataset index once."""
+    """A padded DistributedSampler gives rank 1 sample 0 again: the merge keeps each dataset index once, and reads
+    only its own run's shards (another run writing into the same folder keeps its own)."""
     feats = np.arange(10, dtype=np.float16).reshape(5, 2)
-    np.savez(tmp_path / ".shard-0.npz", index=np.array([0, 2, 4]), features=feats[[0, 2, 4]], labels=np.zeros(3))
-    np.savez(tmp_path / ".shard-1.npz", index=np.array([1, 3, 0]), features=feats[[1, 3, 0]], labels=np.zeros(3))
+    np.savez(tmp_path / ".shard-mine-0.npz", index=np.array([0, 2, 4]), features=feats[[0, 2, 4]], labels=np.zeros(3))
+    np.savez(tmp_path / ".shard-mine-1.npz", index=np.array([1, 3, 0]), features=feats[[1, 3, 0]], labels=np.zeros(3))
+    np.savez(tmp_path / ".shard-other-0.npz", index=np.array([5]), features=feats[[0]] + 9, labels=np.zeros(1))
     writer = EmbeddingWriter(dtype="float16")
+    writer._run = "mine"
     writer._merge(SimpleNamespace(datamodule=None), tmp_path, "train", None, 1.0)
     assert np.array_equal(np.load(tmp_path / "embeddings.npy"), feats)
     assert len(list(csv.reader(open(tmp_path / "index.csv")))) == 6
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [".shard-other-0.npz"]  # no temporary file left
 
 
 def test_skip_corrupt_leaves_the_image_out(setup, tmp_path, capsys):
@@ -163,3 +170,50 @@ def test_bad_input_ends_in_one_line(setup, tmp_path, capsys):
     corrupt = image_folder(tmp_path / "bad", {"a": (2, 1), "b": (2, 1)}, corrupt="train/b/0.png")
     _fails(capsys, _args(ckpt, corrupt, tmp_path / "o3"), "train/b/0.png")
     _fails(capsys, [*_args(ckpt, data, tmp_path / "o4"), "--ckpt_path", str(ckpt)], "--model.checkpoint")
+
+
+def test_a_folder_holds_the_embeddings_of_one_checkpoint_and_one_data_set(setup, tmp_path, capsys):
+    """embedding.json names the checkpoint by its content; a predict of another checkpoint, or of other images, into
+    a folder that holds embeddings stops before it embeds anything and names both checkpoints; the same predict
+    again replaces its own rows; --model.overwrite true replaces another's, and no split of the old rows stays."""
+    ckpt, data, _ = setup
+    out = tmp_path / "out"
+    main(_args(ckpt, data, out))
+    main(_args(ckpt, data, out))  # the same checkpoint and images again: no question asked
+    meta = json.loads((out / "embeddings" / "train" / "embedding.json").read_text())
+    assert meta["checkpoint_file"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert meta["checkpoint_file"]["bytes"] == ckpt.stat().st_size
+    rows = (out / "embeddings" / "train" / "embeddings.npy").read_bytes()
+    capsys.readouterr()
+
+    other = tiny_checkpoint(tmp_path / "other.ckpt", seed=1)
+    _fails(capsys, _args(other, data, out), "holds the embeddings of another checkpoint")
+    with pytest.raises(SystemExit):
+        main(_args(other, data, out))
+    line = capsys.readouterr().err.strip()
+    assert str(ckpt.resolve()) in line and str(other) in line and meta["checkpoint_file"]["sha256"][:12] in line
+    data2 = image_folder(tmp_path / "data2", {"a": (2, 1), "b": (2, 1)})
+    shutil.rmtree(data2 / "val")  # train/ only
+    _fails(capsys, _args(ckpt, data2, out), "other images")
+    assert (out / "embeddings" / "train" / "embeddings.npy").read_bytes() == rows  # untouched
+
+    main([*_args(ckpt, data2, out), "--model.overwrite", "true"])
+    assert "replacing the embeddings of other images" in capsys.readouterr().out
+    assert sorted(p.parent.name for p in (out / "embeddings").glob("*/embeddings.npy")) == ["train"]  # no old val/
+    assert np.load(out / "embeddings" / "train" / "embeddings.npy").shape[0] == 4
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".shard-")]
+
+
+def test_a_predict_writing_into_a_folder_holds_it(setup, tmp_path, capsys):
+    import fcntl
+
+    ckpt, data, _ = setup
+    root = tmp_path / "out" / "embeddings"
+    root.mkdir(parents=True)
+    with open(root / ".wcl-predict.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1 on elsewhere\n")
+        held.flush()
+        _fails(capsys, _args(ckpt, data, tmp_path / "out"), "another predict is writing into")
+    main(_args(ckpt, data, tmp_path / "out"))  # free again
+    assert (root / "val" / "embeddings.npy").is_file()

@@ -1,5 +1,6 @@
 """Resume, atomic checkpoints, pre-emption, and the catalogue of bad inputs."""
 
+import os
 import re
 import signal
 import subprocess
@@ -282,3 +283,141 @@ def test_second_ctrl_c_stops_at_once_and_keeps_the_last_whole_checkpoint(tmp_pat
     assert stopped.returncode == 1, stopped.stdout[-2000:] + stopped.stderr[-2000:]
     assert "wcl: stopped at once at step 6" in stopped.stdout and "is left as it was" in stopped.stdout
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def _one_error(capsys, args: list[str], needle: str) -> str:
+    """``python -m wcl ARGS`` stops with exit 2 and exactly one ``wcl: error:`` line holding ``needle``."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and lines[0].startswith("wcl: error:") and needle in lines[0], lines
+    return lines[0]
+
+
+def test_runs_that_would_do_nothing_say_so_before_they_start(tmp_path, capsys):
+    """log_every_n_steps 0 would drop every train/* column from metrics.csv; limit_train_batches 0 would train
+    nothing; a probe's validate without its trained classifier (--ckpt_path) would score chance. Each stops in one
+    line, before any step."""
+    from tests.test_predict import tiny_checkpoint
+
+    _one_error(capsys, _tiny_fit(tmp_path / "a", "--trainer.log_every_n_steps", "0"), "log_every_n_steps 0")
+    assert not list((tmp_path / "a").rglob("*.ckpt")) and not list((tmp_path / "a").rglob("metrics.csv"))
+    _one_error(capsys, _tiny_fit(tmp_path / "c", "--trainer.limit_train_batches", "0"), "trains no step")
+    main(_tiny_fit(tmp_path / "b", "--trainer.log_every_n_steps", "0", "--trainer.logger", "false",
+                   "--trainer.max_steps", "1"))  # no logger: nothing is lost, the run goes
+    ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt")
+    for config in ("linear/quickstart.yaml", "finetune/quickstart_10pct.yaml"):
+        line = _one_error(capsys, ["validate", "--config", str(ROOT / "configs" / config), "--model.checkpoint",
+                                   str(ckpt), "--trainer.default_root_dir", str(tmp_path / "probe"),
+                                   "--data.train_per_class", "2", "--data.val_per_class", "1",
+                                   "--data.num_workers", "0", "--data.label_fraction", "1.0"],
+                          "without --ckpt_path would score an untrained")
+        assert "--ckpt_path PATH" in line
+
+
+def _fit_on(root: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml", "--data.dataset", "imagefolder",
+            "--data.root", str(root), "--data.num_workers", "0", "--model.width", "4", "--trainer.max_epochs", "1",
+            "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false", *extra]
+
+
+@pytest.mark.slow
+def test_two_processes_with_no_batch_each_stop_in_one_line(tmp_path):
+    """16 images on 2 gloo processes at batch 10: 8 images each, no full batch; the run trained 0 steps, wrote no
+    checkpoint and exited 0. Now one line (said by rank 0 only), exit 2."""
+    for i in range(16):
+        folder = tmp_path / "img" / "train" / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16, 3), 15 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    proc = subprocess.run(_fit_on(tmp_path / "img", tmp_path / "out", "--data.batch_size", "10",
+                                  "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy",
+                                  "ddp"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["wcl: error: 16 training images shared by 2 processes: 8 each, fewer than data.batch_size=10 "
+                      "(incomplete batches are dropped), so the run would train 0 steps and save nothing; lower "
+                      "--data.batch_size to 8 or less, use more images, or fewer processes (--trainer.devices / "
+                      "--trainer.num_nodes)."], proc.stderr[-3000:]
+    assert not list((tmp_path / "out").rglob("*.ckpt"))
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_keeps_the_checkpoint(tmp_path):
+    import errno
+
+    from lightning.fabric.plugins import TorchCheckpointIO
+
+    from wcl.callbacks import AtomicCheckpointIO
+    from wcl.callbacks.checkpoint import CheckpointWriteError
+
+    last = tmp_path / "last.ckpt"
+    AtomicCheckpointIO(TorchCheckpointIO()).save_checkpoint({"step": 1}, last)
+
+    class FullDisk(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            Path(path).write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CheckpointWriteError) as err:
+        AtomicCheckpointIO(FullDisk()).save_checkpoint({"step": 2}, last)
+    assert f"no space left on the device of {tmp_path}" in str(err.value) and "last.ckpt) are kept" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert torch.load(last, weights_only=False) == {"step": 1} and sorted(tmp_path.iterdir()) == [last]
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_a_fit_and_a_kill_during_a_save(tmp_path):
+    """End to end: the disk fills at the end of epoch 2 (one line, exit 2, last.ckpt of epoch 1 intact); a kill -9
+    in the middle of a save leaves a temporary file, which the next start removes (and only that one)."""
+    cmd = _tiny_fit(tmp_path / "full", "--trainer.max_epochs", "2")
+    proc = subprocess.run([sys.executable, "-m", "wcl", *cmd, "--trainer.callbacks+=tests.faults.DiskFault",
+                           "--trainer.callbacks.good=2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and f"no space left on the device of {tmp_path / 'full' / 'checkpoints'}" in errors[0]
+    assert "Traceback" not in proc.stderr
+    folder = tmp_path / "full" / "checkpoints"
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert not list(folder.glob("*.tmp"))
+
+    cmd = _tiny_fit(tmp_path / "killed", "--trainer.max_epochs", "2")
+    proc = subprocess.run([sys.executable, "-m", "wcl", *cmd, "--trainer.callbacks+=tests.faults.DiskFault",
+                           "--trainer.callbacks.good=2", "--trainer.callbacks.fault=kill"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9
+    folder = tmp_path / "killed" / "checkpoints"
+    orphans = list(folder.glob("*.tmp"))
+    assert len(orphans) == 1
+    live = folder / f"last.ckpt.{os.getpid()}-0123abcd.tmp"  # a save of a process that still runs
+    live.write_bytes(b"in progress")
+    resumed = subprocess.run([sys.executable, "-m", "wcl", *cmd, "--ckpt_path", "last"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"wcl: removed {orphans[0]}" in resumed.stdout
+    assert sorted(folder.glob("*.tmp")) == [live]
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_a_resume_on_another_world_size_keeps_the_planned_schedule(tmp_path):
+    """4 epochs of 4 steps on one process, stopped after epoch 2 (step 8), resumed on 2 gloo processes (2 steps an
+    epoch): the cosine continues from half way and reaches its end at the run's last step (12), where it ended at
+    step 8 and trained the last epochs at lr 0 before."""
+    lrs = tmp_path / "lr.txt"
+    cmd = [sys.executable, "-m", "wcl", *_tiny_fit(tmp_path / "run", "--trainer.max_epochs", "4",
+                                                   "--model.warmup_epochs", "0"),
+           "--trainer.callbacks+=tests.faults.RecordLR", f"--trainer.callbacks.path={lrs}"]
+    first = subprocess.run([*cmd, "--trainer.callbacks+=tests.helpers.SignalAtStep", "--trainer.callbacks.step=8"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 143, first.stderr[-3000:]
+    second = subprocess.run([*cmd, "--ckpt_path", "last", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+                             "--trainer.strategy", "ddp"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "the learning-rate schedule keeps the run's planned length" in second.stdout
+    steps = [(int(a), float(b)) for a, b in (line.split() for line in lrs.read_text().splitlines())]
+    assert [s for s, _ in steps] == list(range(12))
+    peak = steps[0][1]
+    for step, lr in steps:  # one process: 16 steps planned; from step 8 on, 2 steps count for 4
+        progress = step / 16 if step < 8 else (8 + (step - 8) * 2) / 16
+        assert lr == pytest.approx(peak * 0.5 * (1 + np.cos(np.pi * progress)), rel=1e-4, abs=1e-7), (step, lr)
+    assert steps[-1][1] > 0  # the last step still learns; the curve reaches 0 after it

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import time
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 
 from wcl.errors import ConfigError, DataError, WCLError
+from wcl.files import stops_cleanly, write_whole
 
 PROG = "python -m wcl.explore"
 # Cosine at and above which two images count as near-duplicates, measured on the bundled val images with a
@@ -81,8 +83,9 @@ def load(folder: str | Path) -> Embeddings:
     except (ValueError, OSError) as err:
         raise DataError(f"cannot read {d / 'embeddings.npy'}: {err}. Write it again with `python -m wcl predict`.") \
             from err
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise DataError(f"{d / 'embeddings.npy'} holds an array of shape {x.shape}; expected N×D with N >= 2.")
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 1:
+        raise DataError(f"{d / 'embeddings.npy'} holds an array of shape {x.shape}; expected N×D with N >= 2 rows "
+                        "and D >= 1 columns. Write it again with `python -m wcl predict`.")
     paths, labels = [], []
     if (d / "index.csv").is_file():
         with open(d / "index.csv", newline="") as f:
@@ -95,7 +98,14 @@ def load(folder: str | Path) -> Embeddings:
     else:
         paths, labels = [""] * x.shape[0], [-1] * x.shape[0]
     meta = json.loads((d / "embedding.json").read_text()) if (d / "embedding.json").is_file() else {}
-    return Embeddings(d, np.ascontiguousarray(x, dtype=np.float32), paths, np.asarray(labels, dtype=np.int64), meta)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+        first = f"row {bad[0]}" + (f", {paths[bad[0]]}" if paths[bad[0]] else "")
+        raise DataError(f"{d / 'embeddings.npy'} has {len(bad)} row(s) with NaN or inf values ({first}); write the "
+                        "embeddings again with `python -m wcl predict` (a non-finite row comes from a checkpoint "
+                        "whose weights are not finite, or a file changed after predict wrote it).")
+    return Embeddings(d, x, paths, np.asarray(labels, dtype=np.int64), meta)
 
 
 def normalized(x: np.ndarray) -> np.ndarray:
@@ -134,16 +144,12 @@ def purity(pred: np.ndarray, true: np.ndarray) -> float:
 
 
 def nmi(pred: np.ndarray, true: np.ndarray) -> float:
-    """Normalized mutual information I(P;T) / ((H(P) + H(T)) / 2) (arithmetic normalisation, natural log)."""
-    c = _contingency(pred, true).tocoo()
-    n = len(pred)
-    pij = c.data / n
-    pi = np.asarray(_contingency(pred, true).sum(axis=1)).ravel() / n
-    pj = np.asarray(_contingency(pred, true).sum(axis=0)).ravel() / n
-    mi = float(np.sum(pij * np.log(pij / (pi[c.row] * pj[c.col]))))
-    h = lambda p: float(-np.sum(p[p > 0] * np.log(p[p > 0])))  # noqa: E731
-    denom = (h(pi) + h(pj)) / 2
-    return mi / denom if denom > 0 else 1.0
+    """Normalized mutual information I(P;T) / ((H(P) + H(T)) / 2) (arithmetic normalisation; torchmetrics')."""
+    from torchmetrics.functional.clustering import normalized_mutual_info_score
+
+    pred, true = torch.from_numpy(np.asarray(pred)), torch.from_numpy(np.asarray(true))
+    with torch.sparse.check_sparse_tensor_invariants(False):  # opted out explicitly: torchmetrics warns otherwise
+        return float(normalized_mutual_info_score(pred, true, average_method="arithmetic"))
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> np.ndarray:
@@ -227,12 +233,45 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
     return (x - mean) @ vecs[:, ::-1][:, :2].astype(np.float32)
 
 
-def umap_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
+def _umap():
     try:
         import umap
     except ImportError as err:
         raise ConfigError("--map umap needs umap-learn: pip install 'wcl[umap]' (or use --map pca).") from err
-    return umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(x)
+    return umap
+
+
+def umap_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    return _umap().UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(x)
+
+
+def save_figure(fig: Any, path: Path, dpi: int) -> None:
+    """A matplotlib figure as a PNG file, written whole (:func:`wcl.files.write_whole`), then closed."""
+    write_whole(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    _pyplot().close(fig)
+
+
+def write_csv(path: Path, header: list[str], rows: Any) -> None:
+    """A CSV file (``header``, then ``rows``), written whole."""
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(header)
+    w.writerows(rows)
+    write_whole(path, lambda f: f.write(table.getvalue().encode()))
+
+
+def output_folder(out: Path) -> Path:
+    """``--out`` (or the embeddings folder): a folder, created if needed; one line where it cannot be."""
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        what = "--out" if blocker == out else f"--out {out} cannot be created:"
+        raise ConfigError(f"{what} {blocker} is a file, not a folder; give a folder (it is created if needed).")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the output folder {out}: {err.strerror or err}; pass another --out.") \
+            from err
+    return out
 
 
 def draw_map(path: Path, xy: np.ndarray, colour: np.ndarray, names: list[str] | None, title: str) -> None:
@@ -258,8 +297,7 @@ def draw_map(path: Path, xy: np.ndarray, colour: np.ndarray, names: list[str] | 
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def draw_rows(path: Path, rows: list[tuple[str, list[int]]], images: Images, per_row: int) -> None:
@@ -274,32 +312,58 @@ def draw_rows(path: Path, rows: list[tuple[str, list[int]]], images: Images, per
                 ax.imshow(images(members[c]))
         axes[r][0].set_title(title, fontsize=7, loc="left")
     fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 # ----- query --------------------------------------------------------------------------------------------------
 
 
-def embed_query(emb: Embeddings, image: str | Path) -> np.ndarray:
-    """The query image's row, embedded by the checkpoint and transform recorded in embedding.json."""
+def query_image(image: str | Path):
+    """The query as an RGB image, or one line saying why it cannot be one."""
     from PIL import UnidentifiedImageError
 
-    from wcl.data.augment import Augmentations, eval_transform
     from wcl.data.datasets import rgb_loader
-    from wcl.eval.checkpoint import load_backbone
 
     p = Path(image).expanduser()
     if not p.is_file():
         raise DataError(f"the query image {p} does not exist.")
     try:
-        img = rgb_loader(str(p))
+        return rgb_loader(str(p))
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"the query {p} is not an image PIL can read ({err}); pass a .jpg or .png file.") from err
+
+
+def query_checkpoint(emb: Embeddings) -> str:
+    """The checkpoint that wrote ``emb``, checked to hold the same weights now (its SHA-256, size and time are in
+    embedding.json): a query embedded by other weights than the rows would be compared with nothing it matches."""
+    from wcl.files import describe_file, file_identity
+
     ckpt, tf = emb.meta.get("checkpoint"), emb.meta.get("transform")
     if not ckpt or not tf:
         raise DataError(f"{emb.folder / 'embedding.json'} does not record the checkpoint and transform, so a query "
                         "cannot be embedded like the rows; write the embeddings again with `python -m wcl predict`.")
+    if not Path(ckpt).is_file():
+        raise DataError(f"the checkpoint that wrote {emb.folder}, {ckpt}, is gone; a query must be embedded by the "
+                        "same weights as the rows: restore it, or write the embeddings again with `python -m wcl "
+                        "predict`.")
+    then = emb.meta.get("checkpoint_file")
+    if then:
+        now = file_identity(ckpt, known=then)
+        if now["sha256"] != then.get("sha256"):
+            raise DataError(f"the checkpoint changed since predict wrote {emb.folder}: then "
+                            f"{describe_file(ckpt, then)}, now {describe_file(ckpt, now)}; a query embedded by the "
+                            "new weights would not match the rows. Write the embeddings again with `python -m wcl "
+                            "predict`, or restore that checkpoint.")
+    return ckpt
+
+
+def embed_query(emb: Embeddings, image: str | Path) -> np.ndarray:
+    """The query image's row, embedded by the checkpoint and transform recorded in embedding.json."""
+    from wcl.data.augment import Augmentations, eval_transform
+    from wcl.eval.checkpoint import load_backbone
+
+    img = query_image(image)
+    ckpt, tf = query_checkpoint(emb), emb.meta["transform"]
     backbone, _ = load_backbone(ckpt)
     aug = Augmentations(crop_size=tf["crop_size"], mean=tuple(tf["mean"]), std=tuple(tf["std"]))
     with torch.no_grad():
@@ -321,11 +385,24 @@ def explore(args: argparse.Namespace) -> list[str]:
         print(text, flush=True)
 
     emb = load(args.embeddings)
-    out = Path(args.out).expanduser() if args.out else emb.folder
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(Path(args.out).expanduser() if args.out else emb.folder)
     x = normalized(emb.x)
     n = len(x)
     summary: dict[str, Any] = {"rows": n, "dim": int(x.shape[1])}
+    # Everything that can refuse is checked before the work: the query, the pictures' needs.
+    by_label = args.color == "label" or (args.color == "auto" and emb.has_labels)
+    if args.pictures and by_label and not emb.has_labels:
+        raise ConfigError("--color label needs labels in index.csv; use --color cluster.")
+    if args.pictures:
+        _pyplot()
+        if args.map == "umap":
+            _umap()
+    if args.query:
+        q = embed_query(emb, args.query)
+        if q.shape[1] != x.shape[1]:
+            raise DataError(f"{emb.meta['checkpoint']} gives {q.shape[1]}-dim features but {emb.folder} holds "
+                            f"{x.shape[1]}-dim rows; embedding.json names another checkpoint than the one that wrote "
+                            "them. Write the embeddings again with `python -m wcl predict`.")
 
     start = time.perf_counter()
     k = max(1, min(args.dup_k, n - 1))
@@ -337,11 +414,9 @@ def explore(args: argparse.Namespace) -> list[str]:
     summary.update(clusters=int(len(ids)), clusters_min_size=int((sizes >= args.min_size).sum()),
                    largest=int(sizes.max()), search="exact" if n <= args.exact_max else "ivf",
                    seconds_search=round(time.perf_counter() - start, 3))
-    with open(out / "clusters.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["row", "cluster", "size", "path", "label"])
-        for r in range(n):
-            w.writerow([r, int(shown[r]), int(size_of[r]), emb.paths[r], emb.labels[r] if emb.labels[r] >= 0 else ""])
+    write_csv(out / "clusters.csv", ["row", "cluster", "size", "path", "label"],
+              ([r, int(shown[r]), int(size_of[r]), emb.paths[r], emb.labels[r] if emb.labels[r] >= 0 else ""]
+               for r in range(n)))
     say(f"wcl.explore: wrote {out / 'clusters.csv'}: {len(ids)} weak-label clusters of {n} images (mean size "
         f"{n / len(ids):.1f}, largest {sizes.max()}; {summary['clusters_min_size']} of size >= {args.min_size})")
     if emb.has_labels:
@@ -355,28 +430,18 @@ def explore(args: argparse.Namespace) -> list[str]:
         say(f"wcl.explore: weak-label clusters vs the labels: {text}")
 
     pairs = duplicates(sim, idx, args.dup_threshold)
-    with open(out / "duplicates.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["row_a", "row_b", "cosine", "path_a", "path_b"])
-        for a, b, s in pairs:
-            w.writerow([a, b, f"{s:.4f}", emb.paths[a], emb.paths[b]])
+    write_csv(out / "duplicates.csv", ["row_a", "row_b", "cosine", "path_a", "path_b"],
+              ([a, b, f"{s:.4f}", emb.paths[a], emb.paths[b]] for a, b, s in pairs))
     summary["duplicate_pairs"] = len(pairs)
     say(f"wcl.explore: wrote {out / 'duplicates.csv'}: {len(pairs)} pairs with cosine >= {args.dup_threshold}")
 
     images = Images(emb)
     if args.query:
-        q = embed_query(emb, args.query)
-        if q.shape[1] != x.shape[1]:
-            raise DataError(f"{emb.meta['checkpoint']} gives {q.shape[1]}-dim features but {emb.folder} holds "
-                            f"{x.shape[1]}-dim rows; embedding.json names another checkpoint than the one that wrote "
-                            "them. Write the embeddings again with `python -m wcl predict`.")
         qs, qi = search(torch.from_numpy(q), torch.from_numpy(x), args.k)
         hits = list(zip(qi[0].tolist(), qs[0].tolist(), strict=True))
-        with open(out / "query.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["rank", "row", "cosine", "path", "label"])
-            for rank, (r, s) in enumerate(hits, 1):
-                w.writerow([rank, r, f"{s:.4f}", emb.paths[r], emb.labels[r] if emb.labels[r] >= 0 else ""])
+        write_csv(out / "query.csv", ["rank", "row", "cosine", "path", "label"],
+                  ([rank, r, f"{s:.4f}", emb.paths[r], emb.labels[r] if emb.labels[r] >= 0 else ""]
+                   for rank, (r, s) in enumerate(hits, 1)))
         say(f"wcl.explore: wrote {out / 'query.csv'}: the {len(hits)} nearest images of {Path(args.query).name}")
         if args.pictures:
             _query_strip(out / "query.png", args.query, hits, images)
@@ -387,9 +452,6 @@ def explore(args: argparse.Namespace) -> list[str]:
         pick = np.sort(rng.choice(n, size=min(n, args.map_points), replace=False))
         xy = pca_2d(x[pick]) if args.map == "pca" else umap_2d(x[pick], args.seed)
         classes = emb.meta.get("classes") or None
-        by_label = args.color == "label" or (args.color == "auto" and emb.has_labels)
-        if by_label and not emb.has_labels:
-            raise ConfigError("--color label needs labels in index.csv; use --color cluster.")
         names = (classes or [str(c) for c in range(int(emb.labels.max()) + 1)]) if by_label else None
         draw_map(out / "map.png", xy, emb.labels[pick] if by_label else weak[pick], names,
                  f"{args.map.upper()} of {len(pick)} of {n} embeddings, coloured by "
@@ -409,7 +471,7 @@ def explore(args: argparse.Namespace) -> list[str]:
             draw_rows(out / "clusters.png", rows, images, args.per_row)
             say(f"wcl.explore: wrote {out / 'clusters.png'}")
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    (out / "explore.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_whole(out / "explore.json", lambda f: f.write((json.dumps(summary, indent=1) + "\n").encode()))
     say(f"wcl.explore: wrote {out / 'explore.json'} ({summary['seconds']:.1f} s)")
     return lines
 
@@ -429,8 +491,7 @@ def _query_strip(path: Path, query: str, hits: list[tuple[int, float]], images: 
     for ax in axes[0]:
         ax.axis("off")
     fig.tight_layout(pad=0.3)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -467,7 +528,8 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
         if not -1.0 <= args.dup_threshold <= 1.0:
             raise ConfigError(f"--dup-threshold is a cosine in [-1, 1], got {args.dup_threshold}")
-        explore(args)
+        with stops_cleanly(PROG):
+            explore(args)
     except WCLError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -28,6 +28,7 @@ import torch
 
 from wcl.errors import ConfigError, WCLError
 from wcl.eval.checkpoint import load_backbone, read_checkpoint
+from wcl.files import stops_cleanly, write_whole
 from wcl.models.backbones import module_expression
 
 
@@ -88,7 +89,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
     if head is not None:
         state[f"{path}.weight"], state[f"{path}.bias"] = head
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, out)
+    write_whole(out, lambda f: torch.save(state, f))  # a stop or a full disk never leaves half a file
     return {"arch": arch, "fc": fc, "torchvision_compatible": compatible, "load": build}
 
 
@@ -99,9 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", help="where to write the state_dict (.pt)")
     args = p.parse_args(argv)
     try:
-        info = export_backbone(args.checkpoint, args.out)
+        with stops_cleanly("wcl.export"):
+            info = export_backbone(args.checkpoint, args.out)
     except WCLError as err:
         print(f"wcl.export: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # the disk is full, the folder read-only: what and where, not a traceback
+        print(f"wcl.export: error: cannot write {args.out}: {err.strerror or err}; free space or choose another "
+              "output path (nothing was written).", file=sys.stderr)
         sys.exit(2)
     arch = info["arch"]
     what = arch["backbone"] if not arch["backbone"].startswith("resnet") else \

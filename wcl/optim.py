@@ -92,10 +92,20 @@ def param_groups(modules: dict[str, nn.Module], weight_decay: float, exclude_bia
     ]
 
 
-def global_batch_size(trainer: Any) -> int:
-    """Images per optimizer step over all ranks: the training loader's batch × world size × accumulation."""
+def load_training_loader(trainer: Any) -> None:
+    """Has Lightning build the training loader where ``configure_optimizers`` needs it (the lr scales with its batch,
+    the schedule spans its length) and Lightning has not built it yet. The public ``Trainer.estimated_stepping_batches``
+    builds it, except where it returns ``max_steps`` without it (``max_epochs -1``); there the fit loop's
+    ``setup_data`` does, a private call (checked with Lightning 2.6.6), kept in this one place."""
+    if trainer.train_dataloader is None:
+        trainer.estimated_stepping_batches  # noqa: B018 - a property that builds the loader
     if trainer.train_dataloader is None:
         trainer.fit_loop.setup_data()
+
+
+def global_batch_size(trainer: Any) -> int:
+    """Images per optimizer step over all ranks: the training loader's batch × world size × accumulation."""
+    load_training_loader(trainer)
     per_device = getattr(trainer.train_dataloader, "batch_size", None)
     if per_device is None:
         raise ConfigError("the learning rate scales with the batch, but the training loader has no batch_size.")
@@ -137,8 +147,7 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_factor: fl
 
 def steps_per_epoch(trainer: Any) -> int:
     """Optimizer steps per epoch on this rank (schedules and warm-ups are given in epochs)."""
-    if trainer.train_dataloader is None:
-        trainer.fit_loop.setup_data()
+    load_training_loader(trainer)
     batches = trainer.num_training_batches
     if not math.isfinite(batches):
         raise ConfigError("the training loader has no length, so epoch-based schedules are undefined; "
@@ -146,12 +155,55 @@ def steps_per_epoch(trainer: Any) -> int:
     return max(1, int(batches) // trainer.accumulate_grad_batches)
 
 
+class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
+    """:func:`warmup_cosine` per optimizer step over a run of ``total_steps`` steps, ``steps_per_epoch`` an epoch.
+
+    The learning rate at step ``s`` is the curve's value at ``s + offset``; ``offset`` is 0 unless the run was
+    resumed from a checkpoint whose run took another number of steps per epoch (another number of processes, batch
+    size or accumulation) for the same number of epochs. Then ``load_state_dict`` keeps the planned length: the
+    schedule continues from the fraction of the run the checkpoint had reached and ends at the resumed run's last
+    step (followed step by step on the old step count, the new run would end early at lr 0 or stop mid-curve).
+    A resume that changes the run's length (``max_epochs`` / ``max_steps``) follows the new length's curve from the
+    resumed step, as before (:func:`note_schedule_change` says so).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, steps_per_epoch: int,
+                 min_factor: float = 0.0) -> None:
+        self.warmup_steps, self.total_steps, self.min_factor = warmup_steps, total_steps, min_factor
+        self.steps_per_epoch = steps_per_epoch
+        self.offset = 0.0
+        self.kept_from: int | None = None  # steps per epoch of the checkpoint's run, when its length was kept
+        super().__init__(optimizer)
+
+    def factor(self, step: int) -> float:
+        return warmup_cosine(step + self.offset, self.warmup_steps, self.total_steps, self.min_factor)
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = {k: v for k, v in state_dict.items() if k != "lr_lambdas"}  # a LambdaLR's (older checkpoints)
+        mine = {k: getattr(self, k) for k in ("warmup_steps", "total_steps", "steps_per_epoch", "min_factor")}
+        old_total, old_per_epoch = saved.get("total_steps"), saved.get("steps_per_epoch")
+        self.__dict__.update(saved)
+        self.__dict__.update(mine)  # this run's plan; the step count and rates come from the checkpoint
+        self.kept_from = None
+        same_epochs = old_total is not None and old_total * self.steps_per_epoch == self.total_steps * old_per_epoch
+        if old_per_epoch is not None and old_per_epoch != self.steps_per_epoch and same_epochs:
+            progress = (self.last_epoch + saved.get("offset", 0.0)) / old_total
+            self.offset = progress * self.total_steps - self.last_epoch
+            self.kept_from = old_per_epoch
+        elif old_total != self.total_steps:
+            self.offset = 0.0
+
+
 def warmup_cosine_schedule(opt: torch.optim.Optimizer, trainer: Any, warmup_epochs: float,
                            min_factor: float = 0.0) -> dict[str, Any]:
-    """Lightning's scheduler config of :func:`warmup_cosine`, stepped per optimizer step over the whole fit."""
+    """Lightning's scheduler config of :class:`WarmupCosineLR`, stepped per optimizer step over the whole fit."""
     total = int(trainer.estimated_stepping_batches)
-    warmup = int(warmup_epochs * steps_per_epoch(trainer))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, warmup, total, min_factor))
+    per_epoch = steps_per_epoch(trainer)
+    stepping = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)  # as the total counts them
+    sched = WarmupCosineLR(opt, int(warmup_epochs * per_epoch), total, stepping, min_factor)
     return {"scheduler": sched, "interval": "step"}
 
 
@@ -159,8 +211,17 @@ def note_schedule_change(trainer: Any, saved: int | None, total: int | None, con
     """One line when a run resumed with ``--ckpt_path`` spans another number of optimizer steps than the run that
     saved the checkpoint planned (``saved``): the schedule follows the new length from the resume on, so the run
     does not equal a straight run of either length (the learning rate jumps to the new curve). Nothing when the
-    schedule does not depend on the length (``constant``: no cosine decay)."""
+    schedule does not depend on the length (``constant``: no cosine decay). A run resumed with another number of
+    steps per epoch for the same epochs keeps its planned length (:class:`WarmupCosineLR`): one note says so."""
     if saved is None or total is None or saved == total or constant or not trainer.is_global_zero:
+        return
+    kept = next((c.scheduler for c in trainer.lr_scheduler_configs
+                 if getattr(c.scheduler, "kept_from", None) is not None), None)
+    if kept is not None:
+        print(f"wcl: resumed with {kept.steps_per_epoch} optimizer steps per epoch where the checkpoint's run took "
+              f"{kept.kept_from} (another number of processes, batch size or accumulation): the learning-rate "
+              f"schedule keeps the run's planned length and ends at its last step ({total - kept.offset:.0f} steps "
+              "in all).", flush=True)
         return
     print(f"wcl: warning: the learning-rate schedule now spans {total} steps, the checkpoint's run planned {saved}: "
           f"from step {trainer.global_step} on the lr follows the {total}-step curve, so this run will not equal a "

@@ -1,8 +1,20 @@
-"""``Checkpoint``: Lightning's ModelCheckpoint that never leaves a half-written file and saves on pre-emption."""
+"""``Checkpoint``: Lightning's ModelCheckpoint that never leaves a half-written file and saves on pre-emption.
+
+Two places here reach into Lightning's private state because it offers no public way to do what they do; both
+were checked against Lightning 2.6.6 (``pip show lightning``), and a change there fails
+``tests/test_reliability.py`` (the exact-resume and Ctrl-C tests):
+
+* :func:`keep_cut_epoch_unfinished` edits the fit loop's saved epoch progress (``checkpoint["loops"]``);
+* :meth:`Checkpoint._on_sigint` sets ``trainer._signal_connector.received_sigterm`` (``Trainer.received_sigterm``
+  is read-only), so a first Ctrl-C takes the path of Lightning's own stop on SIGTERM.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import signal
 import threading
 import uuid
@@ -13,19 +25,32 @@ from typing import Any, Literal
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from wcl.errors import WCLError
+
+# The temporary name AtomicCheckpointIO writes to: ``<file>.<pid>-<8 hex>.tmp``.
+_TMP = re.compile(r"\.(\d+)-[0-9a-f]{8}\.tmp$")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CheckpointWriteError(WCLError, OSError):
+    """A checkpoint could not be written (the disk or quota is full); the previous file is intact."""
 
 
 def keep_cut_epoch_unfinished(trainer: Trainer, checkpoint: dict[str, Any]) -> None:
     """Records an epoch that a stop cut short (``max_steps``, ``max_time``, ``trainer.should_stop``) as unfinished in
     ``checkpoint``, so ``--ckpt_path`` continues it with its remaining batches.
 
-    Lightning ends such an epoch as if it were complete: it counts it processed and runs the epoch-end hooks, where
-    ``last.ckpt`` is saved. Resumed from that state, Lightning starts the next epoch, whose ``set_epoch`` moves the
-    sampler past the batches of the cut epoch it has not trained on: the resumed run trains on other batches than an
-    uninterrupted one. Here the fit loop's epoch progress is put back to the state a stop after the same step by
-    SIGTERM saves (the epoch started, not processed), from which Lightning resumes in the middle of the epoch and the
-    data module's saved position (:class:`wcl.data.sampling.EpochSampler`) gives its remaining batches.
+    Lightning (checked with 2.6.6) offers no public way to do this: the saved loop state is edited here, in this
+    one function. Lightning ends such an epoch as if it were complete: it counts it processed and runs the
+    epoch-end hooks, where ``last.ckpt`` is saved. Resumed from that state, Lightning starts the next epoch, whose
+    ``set_epoch`` moves the sampler past the batches of the cut epoch it has not trained on: the resumed run trains
+    on other batches than an uninterrupted one. Here the fit loop's epoch progress is put back to the state a stop
+    after the same step by SIGTERM saves (the epoch started, not processed), from which Lightning resumes in the
+    middle of the epoch and the data module's saved position (:class:`wcl.data.sampling.EpochSampler`) gives its
+    remaining batches.
     """
     fit = trainer.fit_loop
     batches = fit.epoch_loop.batch_progress
@@ -89,9 +114,11 @@ class AtomicCheckpointIO(CheckpointIO):
             self.inner.save_checkpoint(checkpoint, tmp, storage_options)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        except BaseException:
+        except BaseException as err:
             if os.path.exists(tmp):
                 os.remove(tmp)
+            if _disk_full(err):
+                raise CheckpointWriteError(_disk_full_message(Path(path))) from err
             raise
         os.replace(tmp, path)
 
@@ -105,6 +132,58 @@ class AtomicCheckpointIO(CheckpointIO):
         self.inner.teardown()
 
 
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from) is a full disk or quota."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _disk_full_message(path: Path) -> str:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    others = sorted(p.name for p in path.parent.glob("*.ckpt"))
+    kept = f"the checkpoints there ({', '.join(others[:3])}{', …' if len(others) > 3 else ''}) are kept as they were" \
+        if others else "no checkpoint was written yet"
+    return (f"no space left on the device of {path.parent} ({free}) while saving {path.name}; {kept}. Free space "
+            "there (or pass another --trainer.default_root_dir), then resume with --ckpt_path last.")
+
+
+def remove_orphan_tmp_files(folder: Path) -> list[tuple[str, int]]:
+    """Removes the temporary files of saves in ``folder`` whose process is gone from this machine (a kill -9 or a
+    power loss during a save: :class:`AtomicCheckpointIO` had no chance to remove them); returns
+    ``[(name, bytes)]`` of the removed files. A file of a process that still runs is another save in progress."""
+    removed = []
+    for p in sorted(folder.glob("*.tmp")) if folder.is_dir() else []:
+        match = _TMP.search(p.name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except OSError:
+            continue
+        removed.append((p.name, size))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
 class Checkpoint(ModelCheckpoint):
     """``ModelCheckpoint`` (all of its arguments work as usual) with five changes:
 
@@ -115,7 +194,9 @@ class Checkpoint(ModelCheckpoint):
     * an epoch's checkpoint is written when its training ends, before its validation, so an error in validation
       loses no training (``save_on_train_epoch_end``);
     * every file is written to a temporary name in the same folder and renamed into place
-      (:class:`AtomicCheckpointIO`), so a kill during a save leaves the previous checkpoint intact;
+      (:class:`AtomicCheckpointIO`), so a kill during a save leaves the previous checkpoint intact; a full disk
+      stops the run with one line naming the folder, and the temporary file of a save that a kill -9 cut short is
+      removed when the next fit starts;
     * on SIGTERM or a first Ctrl-C (SIGINT) the run stops after the current step (Lightning's stop on SIGTERM)
       and ``last.ckpt`` is saved before the process exits, so ``--ckpt_path last`` continues exactly as an
       uninterrupted run would. A second Ctrl-C stops at once and leaves ``last.ckpt`` as it was: a checkpoint
@@ -138,6 +219,10 @@ class Checkpoint(ModelCheckpoint):
         self.default_dirpath(trainer)
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO(trainer.strategy.checkpoint_io)
+        if stage == "fit" and trainer.is_global_zero and "://" not in str(self.dirpath):
+            for name, size in remove_orphan_tmp_files(Path(self.dirpath)):
+                print(f"wcl: removed {Path(self.dirpath) / name} ({size / 2**20:.1f} MB), the unfinished file of a "
+                      "save that was killed", flush=True)
         super().setup(trainer, pl_module, stage)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -151,7 +236,7 @@ class Checkpoint(ModelCheckpoint):
         if self._sigint or trainer.received_sigterm:
             raise KeyboardInterrupt
         self._sigint = True
-        trainer._signal_connector.received_sigterm = True
+        trainer._signal_connector.received_sigterm = True  # private (Lightning 2.6.6): see the module docstring
         if trainer.is_global_zero:
             print("\nwcl: Ctrl-C: stopping after this step to save last.ckpt (Ctrl-C again stops at once, without "
                   "saving)", flush=True)
@@ -161,13 +246,13 @@ class Checkpoint(ModelCheckpoint):
             return
         path = str(Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}")
         if isinstance(exception, KeyboardInterrupt):
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and trainer.state.fn == TrainerFn.FITTING:
                 kept = f"{path} is left as it was" if os.path.isfile(path) else "no last.ckpt was saved"
                 print(f"wcl: stopped at once at step {trainer.global_step}; {kept} (a checkpoint taken in the "
                       "middle of a step would not resume exactly)", flush=True)
             return
-        if not isinstance(exception, SIGTERMException):
-            return
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return  # validate and predict have no training to save: last.ckpt stays the fit's
         exception.signum = signal.SIGINT if self._sigint else signal.SIGTERM  # the exit status of python -m wcl
         self.last_model_path = path  # part of the saved state
         trainer.save_checkpoint(path)

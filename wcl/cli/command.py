@@ -72,6 +72,7 @@ class WCLCLI(PrivateHooks, LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         from wcl.callbacks import ModelTable, PlainProgress, Preflight, RichProgress, TrainingMonitor
+        from wcl.callbacks.guards import RunChecks, StopOnSigterm
 
         cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         callbacks = list(cfg.get("callbacks") or [])
@@ -81,7 +82,8 @@ class WCLCLI(PrivateHooks, LightningCLI):
             callbacks.append(RichProgress() if sys.stdout.isatty() else PlainProgress())
         if cfg.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
             callbacks.append(ModelTable())
-        for default in (Preflight, TrainingMonitor):  # in this order: the pre-flight reads are not training time
+        # In this order: the pre-flight reads are not training time.
+        for default in (Preflight, TrainingMonitor, RunChecks, StopOnSigterm):
             if not any(isinstance(c, default) for c in callbacks):
                 callbacks.append(default())
         checks.check_callbacks(callbacks)

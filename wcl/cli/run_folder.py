@@ -4,8 +4,6 @@ no fresh fit over an earlier run's checkpoints, and every output folder writable
 from __future__ import annotations
 
 import os
-import socket
-import time
 from pathlib import Path
 from typing import IO
 
@@ -67,35 +65,16 @@ def with_run_folder(args: list[str]) -> list[str]:
 
 
 def lock_run_folder(root: Path) -> IO[str] | None:
-    """Holds an exclusive lock on ``root`` (``root/.wcl.lock``) while the returned file is open; the system frees
-    it when the process ends in any way (kill -9 included), so a stale file never blocks. Another process that
-    holds it is named in the error."""
+    """Holds an exclusive lock on ``root`` (``root/.wcl.lock``) while the returned file is open
+    (:func:`wcl.files.lock_folder`); another fit that holds it is named in the error."""
+    from wcl.files import lock_folder
+
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here
-        return None
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        f = open(root / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the whole fit
+        return lock_folder(root, LOCK_NAME, "another fit is running in {root} ({holder}); wait for it to end, or pass "
+                                            "another --trainer.default_root_dir.")
     except OSError as err:
         raise ConfigError(f"cannot write to the run folder {root} (trainer.default_root_dir): "
                           f"{err.strerror or err}; choose a writable folder.") from err
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise ConfigError(f"another fit is running in {root} ({holder}); wait for it to end, or pass another "
-                          "--trainer.default_root_dir.") from None
-    except OSError:  # a file system without locks: run unguarded rather than not at all
-        f.close()
-        return None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-    f.flush()
-    return f
 
 
 def _checkpoints(folder: Path) -> str:

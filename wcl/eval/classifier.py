@@ -20,7 +20,7 @@ from wcl.constraints import Momentum, NonNegativeFloat, NonNegativeInt, Positive
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
 from wcl.models.layout import set_layout, to_layout
-from wcl.optim import global_batch_size, param_groups, scaled_lr, warmup_cosine
+from wcl.optim import global_batch_size, param_groups, scaled_lr, warmup_cosine_schedule
 
 
 class _SupervisedEval(ResumesWhereItStopped, LightningModule):
@@ -88,9 +88,8 @@ class _SupervisedEval(ResumesWhereItStopped, LightningModule):
         hp = self.hparams
         opt = torch.optim.SGD(self.param_groups(), lr=self.learning_rate(), momentum=hp.momentum,
                               nesterov=hp.momentum > 0, weight_decay=hp.weight_decay)
-        total = self._schedule_steps = int(self.trainer.estimated_stepping_batches)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, 0, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        self._schedule_steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": warmup_cosine_schedule(opt, self.trainer, 0.0)}
 
 
 class LinearProbe(_SupervisedEval):

@@ -26,11 +26,13 @@ class Embedder(LightningModule):
         dtype: ``float16`` or ``float32`` rows in ``embeddings.npy``.
         normalize: L2-normalize the rows.
         num_classes: linked from the data module by the CLI; unused.
+        overwrite: replace embeddings of another checkpoint, other images or another transform in ``output_dir``
+            (without it, such a predict stops before it embeds anything and names both checkpoints).
     """
 
     def __init__(self, checkpoint: str, output_dir: str | None = None,
                  dtype: Literal["float16", "float32"] = "float16", normalize: bool = True,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, overwrite: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.backbone, self.arch = load_backbone(checkpoint)
@@ -44,7 +46,7 @@ class Embedder(LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         hp = self.hparams
-        return [EmbeddingWriter(hp.output_dir, hp.dtype, hp.normalize, hp.checkpoint)]
+        return [EmbeddingWriter(hp.output_dir, hp.dtype, hp.normalize, hp.checkpoint, hp.overwrite)]
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         return {"features": self(batch["image"]), "index": batch["index"], "label": batch["label"]}
