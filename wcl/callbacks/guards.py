@@ -55,23 +55,13 @@ class StopOnSigterm(Callback):
 class RunChecks(Callback):
     """Refuses, in one line before the first step, a run that would silently do nothing useful:
 
-    * ``fit`` where some process's training loader has no batch (``drop_last`` on few images per process, or
-      ``trainer.limit_train_batches 0``): the run would train 0 steps and write no checkpoint; every process checks,
-      so 2 processes on 16 images with batch 10 stop as 1 process on 8 would;
-    * ``fit`` with ``trainer.log_every_n_steps 0`` and a logger: no ``train/*`` or ``weak_labels/*`` metric would
-      ever be logged (the run's curves missing without a word); ``--trainer.logger false`` is the way to log none;
+    * ``fit`` where some process's training loader has no batch (``drop_last`` on few images per process): the
+      run would train 0 steps and write no checkpoint; every process checks, so 2 processes on 16 images with batch
+      10 stop as 1 process on 8 would (the command line refuses ``trainer.limit_train_batches 0`` and
+      ``log_every_n_steps 0`` before this, :mod:`wcl.cli.checks`);
     * ``validate`` of a ``LinearProbe`` / ``FineTune`` config without ``--ckpt_path``: its classifier is trained by
       ``fit``, so it would score an untrained classifier (chance).
     """
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.limit_train_batches == 0:
-            stop_everywhere(trainer, "trainer.limit_train_batches 0 trains no step: the fit would save nothing; give "
-                            "it a number of batches or a fraction > 0, or run `validate` to evaluate only.")
-        if stage == "fit" and trainer.log_every_n_steps == 0 and trainer.loggers:
-            stop_everywhere(trainer, "trainer.log_every_n_steps 0 logs no training metric (metrics.csv would have "
-                            "no train/* or weak_labels/* column); set it to N >= 1 to log every N steps, or pass "
-                            "--trainer.logger false to write no metrics at all.")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.train_dataloader is None:
