@@ -39,7 +39,7 @@ def _seeded():
 
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory) -> tuple[Path, str]:
-    """The README's quickstart, run once per session as a user runs it, in a fresh folder: (that folder, what it
+    """The README's quickstart, run once per pytest run as a user runs it, in a fresh folder: (that folder, what it
     printed). Its checkpoint, ``runs/quickstart/checkpoints/last.ckpt`` there, is the trained model the README test
     and the evaluation tests read (read only: write elsewhere)."""
     cwd = tmp_path_factory.mktemp("quickstart")

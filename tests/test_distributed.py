@@ -204,7 +204,7 @@ def _ddp_cli(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_cli_ddp_two_processes_exit_cleanly(tmp_path):
-    """The README's multi-process command on CPU: both ranks start, train, tear down and exit 0."""
+    """The multi-process command of docs/guide/distributed.md on CPU: both ranks start, train, tear down and exit 0."""
     proc = _ddp_cli(tmp_path, "--trainer.max_epochs", "1", "--data.train_per_class", "16", "--data.num_workers", "0",
                     "--model.knn_every_n_epochs", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -239,7 +239,8 @@ def test_bad_probe_argument(case, capsys, tmp_path, pretrained):
 
 
 def test_ckpt_path_of_a_pretraining_run_on_a_probe_config(capsys, tmp_path, pretrained):
-    """The silent wrong run of before: a probe config given --ckpt_path PRETRAIN.ckpt ran wcl.WCL."""
+    """A probe config given --ckpt_path PRETRAIN.ckpt (a wcl.WCL run) stops: --ckpt_path resumes the same run
+    only, and the line says to pass the file as --model.checkpoint."""
     _fails(capsys, ["fit", "--config", LINEAR, "--model.checkpoint", str(pretrained), "--ckpt_path", str(pretrained),
                     "--data.num_workers", "0", "--trainer.default_root_dir", str(tmp_path)],
            "--model.checkpoint", "wcl.WCL")

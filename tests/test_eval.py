@@ -30,7 +30,7 @@ def random_ckpt(tmp_path):
 
 @pytest.fixture
 def pretrained(quickstart_run):
-    """The README quickstart's checkpoint (6 epochs on the bundled data, the session's one run of it)."""
+    """The README quickstart's checkpoint (6 epochs on the bundled data; one run per pytest run, shared)."""
     cwd, _ = quickstart_run
     return cwd / "runs" / "quickstart" / "checkpoints" / "last.ckpt"
 

@@ -111,7 +111,7 @@ def single(tmp_path_factory) -> Path:
 
 
 def test_torchrun_two_nodes_equal_one_process_with_the_global_batch(tmp_path, single):
-    """README's multi-node command, one ``torchrun`` per "node" (c10d rendezvous on localhost)."""
+    """The multi-node command of docs/guide/distributed.md, one ``torchrun`` per "node" (c10d on localhost)."""
     out, port = tmp_path / "nodes", free_port()
     procs = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",

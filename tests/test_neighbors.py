@@ -48,7 +48,7 @@ def test_search_users_form_no_import_circle():
     for user in ("wcl.callbacks.knn", "wcl.callbacks.multicrop", "wcl.eval.knn", "wcl.explore"):
         assert "wcl.neighbors" in graph[user] or _reaches(graph, user, "wcl.neighbors"), user
         assert not _reaches(graph, "wcl.neighbors", user)
-    assert not _reaches(graph, "wcl.callbacks.knn", "wcl.eval.knn")  # the former circle
+    assert not _reaches(graph, "wcl.callbacks.knn", "wcl.eval.knn")  # no circle through the callbacks
     for name in graph:
         assert not _reaches(graph, name, name), f"{name} imports itself through others"
 
