@@ -45,7 +45,7 @@ def _median_ms(fn, warmup: int = 3, repeat: int = 20) -> float:  # noqa: ANN001
 
 
 def augment_ms(batch: int) -> dict[str, float | None]:
-    """Per-view milliseconds of the batched augmentation and of the former kornia pipeline."""
+    """Per-view milliseconds of the batched augmentation and of a kornia pipeline (the reference)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     aug = Augmentations()
     images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)

@@ -85,7 +85,7 @@ def writes_rank(rank: int, world: int, port: int, n: int, d: int, batch: int, st
     after = (time.perf_counter() - start) / steps
     host = torch.zeros(n, d, dtype=torch.float16) if rank == 0 else None
     start = time.perf_counter()
-    for _ in range(steps):  # the former path: gather every rank's rows, rank 0 copies them into its host bank
+    for _ in range(steps):  # the rank-0 bank, for comparison: gather every rank's rows into rank 0's host bank
         all_feats, all_index = gather_nograd(feats), gather_nograd(index)
         if host is not None:
             host[all_index.cpu()] = torch.nn.functional.normalize(all_feats.float(), dim=1).cpu().half()

@@ -18,8 +18,9 @@ here with the same code for every method:
 
 A finished run leaves ``<out>/<method>_e<epochs>_s<seed>/result.json`` and is not run again, so the grid can
 be split over several invocations (``--threads 1`` in two shells uses the 2 cores better than one run with 2
-threads); a run interrupted before its result.json (a session's end) continues from its ``last.ckpt`` when the
-command is run again; ``--report`` re-prints the table of the finished runs without starting the missing ones.
+threads); a run interrupted before its result.json (a killed process, a machine shut down) continues from its
+``last.ckpt`` when the command is run again; ``--report`` re-prints the table of the finished runs without starting
+the missing ones.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def test_warmup_cosine_scheduler_keeps_its_planned_length_on_another_world_size(
     # Another length asked for (max_epochs 4 -> 6 at 10 steps an epoch): the new curve from the same step, as before.
     longer, _ = _run((10, 60, 10), range(20, 22), state)
     assert longer[1] == pytest.approx(warmup_cosine(21, 10, 60))
-    # A checkpoint of the scheduler before this one (a LambdaLR's state) resumes on the plain curve.
+    # A checkpoint whose scheduler state is a LambdaLR's resumes on the plain curve.
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     old = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, 10, 40))
     for _ in range(20):

@@ -245,6 +245,6 @@ class KnnMultiCrop(Callback):
             self.table.update(torch.as_tensor(state["table"]), int(state["epoch"]))
         self.searched = state.get("searched")
         bank = state.get("bank")
-        if bank is not None and "rows" not in bank:  # written before the bank was sharded: the whole N×D bank
+        if bank is not None and "rows" not in bank:  # a bank saved without its row count: not used
             bank = None
         self._pending_bank = bank
