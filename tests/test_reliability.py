@@ -399,8 +399,8 @@ def test_a_full_disk_in_a_fit_and_a_kill_during_a_save(tmp_path):
 @pytest.mark.slow
 def test_a_resume_on_another_world_size_keeps_the_planned_schedule(tmp_path):
     """4 epochs of 4 steps on one process, stopped after epoch 2 (step 8), resumed on 2 gloo processes (2 steps an
-    epoch): the cosine continues from half way and reaches its end at the run's last step (12), where it ended at
-    step 8 and trained the last epochs at lr 0 before."""
+    epoch): the cosine continues from half way and reaches its end at the run's last step (12); stepped on the
+    checkpoint's step count it would end at step 8 and train the last epochs at lr 0."""
     lrs = tmp_path / "lr.txt"
     cmd = [sys.executable, "-m", "wcl", *_tiny_fit(tmp_path / "run", "--trainer.max_epochs", "4",
                                                    "--model.warmup_epochs", "0"),
