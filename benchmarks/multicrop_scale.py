@@ -110,7 +110,8 @@ def formula(gpus: int, tflops: float, link_gbs: float, n: int = N_IMAGENET, d: i
     """The table's cost per rank on ``gpus`` ranks: every rank scores all N queries against its N/W rows
     (2·N·(N/W)·D FLOP), receives every query once (N·D·2 bytes, float16) and every rank's top-(K+1) list of every
     query (W·N·(K+1)·12 bytes: float32 similarity and int64 id); the per-step bank write is B·D·2 bytes on the
-    device (before: an all-gather of W·B·D·2 bytes to every rank and a host copy of them on rank 0)."""
+    device (the rank-0 bank it is compared with: an all-gather of W·B·D·2 bytes to every rank and a host copy
+    of them on rank 0)."""
     flop = 2 * n * (n / gpus) * d
     received = n * d * 2 + gpus * n * (k + 1) * 12
     return {"gpus": gpus, "tflop_per_rank": flop / 1e12, "compute_s": flop / (tflops * 1e12),

@@ -145,7 +145,7 @@ def test_lightning_ddp_two_ranks_equal_one_rank(weak_weight, tmp_path):
 @pytest.mark.slow
 def test_ddp_rank_with_no_labelled_sample_keeps_the_online_classifier_in_the_graph(tmp_path):
     """STL-10-like data: rank 1's whole batch is unlabelled (the distributed sampler gives it the odd indices). DDP
-    must still reduce the classifier's gradient (before, the classifier left rank 1's graph and the step failed)."""
+    must still reduce the classifier's gradient (were the classifier out of rank 1's graph, the step would fail)."""
     single = _one_step(1, 12, 1.0, tmp_path, num_classes=3, odd_unlabelled=True)
     ddp = _one_step(2, 6, 1.0, tmp_path, num_classes=3, odd_unlabelled=True)
     assert float(single["classifier.weight"].abs().max()) > 0

@@ -101,7 +101,7 @@ def test_warmup_cosine_scheduler_keeps_its_planned_length_on_another_world_size(
     assert first == straight[:20]
     assert resumed == pytest.approx([straight[20 + 2 * i] for i in range(10)])  # one step now counts for two
     assert resumed[-1] > 0 and min(resumed) == resumed[-1]
-    # Another length asked for (max_epochs 4 -> 6 at 10 steps an epoch): the new curve from the same step, as before.
+    # Another length asked for (max_epochs 4 -> 6 at 10 steps an epoch): the new length's curve from the same step.
     longer, _ = _run((10, 60, 10), range(20, 22), state)
     assert longer[1] == pytest.approx(warmup_cosine(21, 10, 60))
     # A checkpoint whose scheduler state is a LambdaLR's resumes on the plain curve.

@@ -120,7 +120,7 @@ def test_atomic_saves_never_share_a_temporary_file(tmp_path):
     from wcl.callbacks import AtomicCheckpointIO
 
     last = tmp_path / "last.ckpt"
-    in_progress = tmp_path / "last.ckpt.tmp"  # another writer's file, under the fixed name of before
+    in_progress = tmp_path / "last.ckpt.tmp"  # another writer's file, under a fixed name
     in_progress.write_bytes(b"another writer")
     written = []
 
