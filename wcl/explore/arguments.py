@@ -6,41 +6,40 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from wcl.explore.clusters import DUP_THRESHOLD, EXACT_MAX
 
 PROG = "python -m wcl.explore"
 
 
-def positive_int(text: str) -> int:
-    """An option's value as an int >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _number(kind: type, within: Callable[[Any], bool], need: str) -> Callable[[str], Any]:
+    """An argparse ``type``: the option's text as a ``kind`` for which ``within`` holds, else the error ``must be
+    {need}, got …`` (that the parser writes as one line naming the option)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}") from None
+        if not within(value):  # NaN too: no comparison holds
+            raise argparse.ArgumentTypeError(f"must be {need}, got {value}")
+        return value
+
+    return parse
 
 
-def cosine(text: str) -> float:
-    """An option's value as a cosine, a number in [-1, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"is a cosine in [-1, 1], got {text!r}") from None
-    if not -1.0 <= value <= 1.0:  # NaN too
-        raise argparse.ArgumentTypeError(f"is a cosine in [-1, 1], got {value}")
-    return value
+positive_int = _number(int, lambda v: v >= 1, "an int >= 1")
+cosine = _number(float, lambda v: -1.0 <= v <= 1.0, "a cosine in [-1, 1]")
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with each error in one line and exit code 2: a value out of range as ``python -m wcl.explore:
-    error: --k must be >= 1, got 0``; any other error followed by where the options are listed."""
+    error: --k must be an int >= 1, got 0``; any other error followed by where the options are listed."""
 
     def error(self, message: str) -> NoReturn:
-        option = re.match(r"argument (\S+): (?=must be|is a )", message)  # the message of a range type
+        option = re.match(r"argument (\S+): (?=must be )", message)  # a value out of its type's range
         message = (f"{option[1]} {message[option.end():]}" if option
                    else f"{message} (`{PROG} --help` lists the options)")
         sys.stderr.write(f"{PROG}: error: {message}\n")
