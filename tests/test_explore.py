@@ -159,8 +159,8 @@ def _model_checkpoint(path: Path, seed: int = 0) -> Path:
 
 
 def test_bad_rows_a_bad_out_and_a_bad_query_are_one_line_before_any_work(tmp_path, capsys):
-    """Each of these used to fail after the clustering (a scipy traceback, a SIGFPE after clusters.csv, a
-    FileExistsError, a late query error): now one line, and nothing is written."""
+    """Each of these is one line before the clustering, and nothing is written (not a scipy traceback, a SIGFPE
+    after clusters.csv, a FileExistsError or a query error after the work)."""
     split = _split(tmp_path / "nan")
     x = np.load(split / "embeddings.npy")
     x[5, 2] = np.nan

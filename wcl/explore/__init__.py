@@ -54,7 +54,8 @@ __all__ = ["DUP_THRESHOLD", "EXACT_MAX", "PROG", "Embeddings", "components", "du
 
 
 def explore(args: argparse.Namespace) -> list[str]:
-    """Runs every step; returns the lines it printed."""
+    """Runs every step (the modules beside this one: files, clusters, query, pictures); returns the lines it
+    printed."""
     from wcl.neighbors import search
 
     lines: list[str] = []
