@@ -115,6 +115,16 @@ def test_bad_input_ends_in_one_line(tmp_path, capsys):
     _fails(capsys, [str(split), "--no-pictures", "--query", str(split / "img" / "0.png")], "no backbone weights")
 
 
+def test_an_option_out_of_range_is_one_line_naming_it_and_its_range(tmp_path, capsys):
+    split = str(_split(tmp_path / "s"))
+    _fails(capsys, [split, "--k", "0"], "error: --k must be an int >= 1, got 0")
+    _fails(capsys, [split, "--per-row", "x"], "error: --per-row must be an int >= 1, got 'x'")
+    _fails(capsys, [split, "--dup-threshold", "1.5"], "error: --dup-threshold must be a cosine in [-1, 1], got 1.5")
+    _fails(capsys, [split, "--dup-threshold", "nan"], "got nan")
+    _fails(capsys, [split, "--bogus"], "unrecognized arguments: --bogus (`python -m wcl.explore --help` lists")
+    assert not (tmp_path / "s" / "clusters.csv").exists()
+
+
 def test_umap_map_calls_umap_learn_and_says_how_to_get_it(tmp_path, capsys, monkeypatch):
     """``--map umap`` hands the rows to umap-learn (a fake module here: the extra is not in [dev]) and draws what it
     returns; without umap-learn it is one line naming the extra."""

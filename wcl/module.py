@@ -94,8 +94,7 @@ class WCL(ResumesWhereItStopped, LightningModule):
     """
 
     def __init__(  # grouped by concern: architecture, losses, optimisation, online evaluation, runtime
-        self,
-        backbone: str = "resnet50", width: PositiveInt = 64, cifar_stem: bool = False,
+        self, backbone: str = "resnet50", width: PositiveInt = 64, cifar_stem: bool = False,
         backbone_args: dict[str, Any] | None = None,
         proj_hidden_dim: PositiveInt = 2048, proj_out_dim: PositiveInt = 128, proj_layers: PositiveInt = 2,
         weak_hidden_dim: PositiveInt = 2048, weak_out_dim: PositiveInt = 128, weak_layers: PositiveInt = 2,
@@ -169,9 +168,8 @@ class WCL(ResumesWhereItStopped, LightningModule):
         owner = torch.arange(len(x1), device=x1.device).repeat(len(crops)) if crops else None
         hp = self.hparams
         nce_crops = (self.g(small), owner) if small is not None and hp.crop_losses != "weak" else (None, None)
-        own = None
-        if small is not None and hp.crop_losses == "auto":  # crop j of every sample, then crop j + 1: as in _crops
-            own = (batch["crop_source"] == batch["index"][:, None]).T.reshape(-1)
+        auto = small is not None and hp.crop_losses == "auto"  # crops are ordered crop j of all samples, then j + 1
+        own = (batch["crop_source"] == batch["index"][:, None]).T.reshape(-1) if auto else None
         terms = {"loss_nce": self.nce_loss(self.g(h1), self.g(h2), *nce_crops, own)}
         loss = terms["loss_nce"]
         if self.phi is not None:
@@ -186,8 +184,7 @@ class WCL(ResumesWhereItStopped, LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items()} | {"train/loss": loss}, batch_size=len(x1))
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(x1))
         if self.phi is not None and (self._trainer is None or is_logging_step(self.trainer, self.global_step)):
-            # diagnostics read values back: only at logging steps
-            # purity needs every image's class: the data module's true labels where it masks the unknown ones
+            # read back, so only at logging steps; purity needs every image's class (true_label where labels are hidden)
             stats = weak_label_stats(labels2, gather_nograd(batch.get("true_label", batch["label"])))
             self.log_dict({f"weak_labels/{k}": v for k, v in stats.items()}, batch_size=len(x1))
             self.log("train/weak_weight", self.current_weak_weight(), batch_size=len(x1))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics.functional.classification import multiclass_accuracy
 
 from wcl.distributed import gather_nograd, gather_varlen, world_size
 
@@ -318,10 +319,8 @@ class ShardedKnn:
         first[1:] = index[1:] != index[:-1]
         feats, labels = F.normalize(feats[first], dim=1), labels[first]
         scores = self.scores(feats, num_classes)
-        out = {"top1": (scores.argmax(1) == labels).float().mean()}
-        if num_classes >= 5:
-            out["top5"] = (scores.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean()
-        return out
+        return {f"top{k}": multiclass_accuracy(scores, labels, num_classes, average="micro", top_k=k)
+                for k in ((1, 5) if num_classes >= 5 else (1,))}
 
 
 def neighbor_purity(table: Tensor, labels: Tensor, mask: Tensor | None = None) -> float | None:

@@ -4,12 +4,23 @@ cached frozen features, and the record of which labelled images a semi-supervise
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from wcl.errors import ConfigError
+
+
+def labelled_data(trainer: Trainer, needed_by: str, instead: str) -> Any:
+    """The trainer's data module when it extracts features once (``wcl.LabelledDataModule``: ``cache_source``,
+    ``use_cached``), else one line naming what needs it and the setting to use ``instead``."""
+    dm = trainer.datamodule
+    if not hasattr(dm, "cache_source") or not hasattr(dm, "use_cached"):
+        raise ConfigError(f"{needed_by} needs data class_path wcl.LabelledDataModule (got {type(dm).__name__}); "
+                          f"or set {instead}.")
+    return dm
 
 
 class CachedFeatures(Callback):
@@ -20,10 +31,7 @@ class CachedFeatures(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        dm = trainer.datamodule
-        if not hasattr(dm, "use_cached"):
-            raise ConfigError("LinearProbe with mode: cached needs data class_path wcl.LabelledDataModule "
-                              f"(got {type(dm).__name__}); or set model.mode: augment.")
+        dm = labelled_data(trainer, "LinearProbe with mode: cached", "model.mode: augment")
         device = trainer.strategy.root_device
         pl_module.to(device)
         pl_module.eval()
@@ -59,10 +67,7 @@ class ProbeFirst(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.ckpt_path is not None or self.epochs == 0:
             return
-        dm = trainer.datamodule
-        if not hasattr(dm, "cache_source"):
-            raise ConfigError("model.probe_epochs needs data class_path wcl.LabelledDataModule "
-                              f"(got {type(dm).__name__}); or set model.probe_epochs: 0.")
+        dm = labelled_data(trainer, "model.probe_epochs", "model.probe_epochs: 0")
         was_training = pl_module.training
         pl_module.eval()
         data = CachedFeatures.extract(pl_module, dm.cache_source("train"), pl_module.device)

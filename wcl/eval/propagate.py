@@ -10,7 +10,6 @@ weighted kNN vote of the training images' propagated label distributions.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from wcl.callbacks.knn import OnlineKnn
 from wcl.distributed import gather_varlen
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
+from wcl.eval.knn import FrozenBackboneEval
 from wcl.neighbors import ShardedKnn, neighbors_of_rows, topk_cosine
 
 
@@ -150,7 +150,7 @@ class LabelPropagation(OnlineKnn):
                               f"masked: set --data.bank masked (got {dm.bank}).")
 
 
-class PropagationEval(LightningModule):
+class PropagationEval(FrozenBackboneEval):
     """Few-label evaluation of a checkpoint's backbone by label propagation: ``python -m wcl validate --config
     configs/fewlabel/propagate_cpu_proxy.yaml --model.checkpoint PATH``. The data module's training images are the
     graph (its known labels the sources, ``data.label_fraction`` / ``data.subset_file``), its val split the queries.
@@ -177,12 +177,6 @@ class PropagationEval(LightningModule):
         self.save_hyperparameters()
         self.backbone, _ = load_backbone(checkpoint)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
-
     def configure_callbacks(self) -> list[Callback]:
         hp = self.hparams
         return [LabelPropagation(hp.k, hp.temperature, hp.graph_k, hp.gamma, hp.alpha, hp.iters)]
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        return {"features": self(batch["image"]), "index": batch["index"], "label": batch["label"]}

@@ -1,0 +1,3 @@
+from wcl.explore import main
+
+main()
