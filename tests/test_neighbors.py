@@ -15,15 +15,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "wcl"
 
 
 def _imports() -> dict[str, set[str]]:
-    """wcl module → the wcl modules it imports anywhere in its body (function-level imports included)."""
-    graph: dict[str, set[str]] = {}
+    """wcl module → the wcl modules it imports anywhere in its body (function-level imports included; ``from
+    package import submodule`` counts as an import of the submodule)."""
+    paths = {}
     for path in PACKAGE.rglob("*.py"):
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("wcl"):
-                deps.add(node.module)
+                subs = {f"{node.module}.{a.name}" for a in node.names} & paths.keys()
+                deps.update(subs if len(subs) == len(node.names) else {*subs, node.module})
             elif isinstance(node, ast.Import):
                 deps.update(a.name for a in node.names if a.name.startswith("wcl"))
         graph[name] = deps - {name}
