@@ -17,6 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from wcl.callbacks.knn import OnlineKnn
+from wcl.constraints import OpenUnitInterval, PositiveFloat, PositiveInt, check_constraints
 from wcl.distributed import gather_varlen
 from wcl.errors import ConfigError
 from wcl.eval.checkpoint import load_backbone
@@ -160,20 +161,17 @@ class PropagationEval(FrozenBackboneEval):
         num_classes: linked from the data module by the CLI.
         graph_k: neighbours per image in the graph.
         gamma: similarity power of the graph's edge weights.
-        alpha: how far the labels spread (0 <= alpha < 1).
+        alpha: how far the labels spread, in (0, 1) (towards 1: along the whole graph).
         iters: conjugate-gradient iterations of the propagation.
         k: training images that vote for each query.
         temperature: vote temperature (each votes with ``exp(cos / temperature)`` × its label distribution).
     """
 
-    def __init__(self, checkpoint: str, num_classes: int | None = None, graph_k: int = 50, gamma: float = 3.0,
-                 alpha: float = 0.99, iters: int = 20, k: int = 200, temperature: float = 0.1) -> None:
+    def __init__(self, checkpoint: str, num_classes: int | None = None, graph_k: PositiveInt = 50,
+                 gamma: PositiveFloat = 3.0, alpha: OpenUnitInterval = 0.99, iters: PositiveInt = 20,
+                 k: PositiveInt = 200, temperature: PositiveFloat = 0.1) -> None:
         super().__init__()
-        if not 0 <= alpha < 1:
-            raise ConfigError(f"model.alpha must be >= 0 and < 1, got {alpha}")
-        if graph_k < 1 or iters < 1 or k < 1 or gamma <= 0 or temperature <= 0:
-            raise ConfigError(f"model.graph_k, iters and k must be >= 1 and gamma, temperature > 0; got graph_k="
-                              f"{graph_k}, iters={iters}, k={k}, gamma={gamma}, temperature={temperature}")
+        check_constraints(PropagationEval.__init__, locals(), "model.")
         self.save_hyperparameters()
         self.backbone, _ = load_backbone(checkpoint)
 
