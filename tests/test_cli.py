@@ -427,6 +427,9 @@ def test_first_screen_as_users_run_it(tmp_path):
     import torch
 
     assert ("GPU available" in text) == torch.cuda.is_available()
+    proc = run("fit", "--config", "configs/quickstart.yaml", "--config", "configs/multicrop.yaml", "--print_config")
+    assert proc.returncode == 0 and "default_root_dir: runs/quickstart+multicrop" in proc.stdout, proc.stderr[-2000:]
+    assert "args parameter" not in proc.stderr, proc.stderr[-2000:]  # the overlay's run folder, without a warning
     if shutil.which("git") and (ROOT / ".git").exists():
         ignored = subprocess.run(["git", "check-ignore", "-q", "backbone.pt"], cwd=ROOT)
         assert ignored.returncode == 0, "python -m wcl.export CKPT backbone.pt would leave an untracked file"

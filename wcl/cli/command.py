@@ -54,7 +54,12 @@ class WCLCLI(PrivateHooks, LightningCLI):
         if not isinstance(args, dict | Namespace):
             checks.check_config_files(self._args)
         if isinstance(args, list | tuple | None) and (named := run_folder.with_run_folder(self._args)) != self._args:
-            args = named  # an overlay run's own folder (it shows in --print_config and the saved config.yaml)
+            # an overlay run's own folder (it shows in --print_config and the saved config.yaml); arguments that came
+            # from the command line stay there, so LightningCLI does not warn of both args and sys.argv
+            if args is None:
+                sys.argv[1:] = named
+            else:
+                args = named
         try:
             super().parse_arguments(parser, args)
         except SystemExit as done:
