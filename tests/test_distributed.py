@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tests.helpers import run_gloo
-from wcl.distributed import gather
+from wcl.distributed import gather, gather_varlen
 from wcl.losses import NTXentLoss, WeakLabelLoss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,6 +189,19 @@ def test_gather_with_grad_sums_gradients_of_every_rank():
     for rank in range(WORLD):
         assert res[rank][0] == gathered
         assert res[rank][1] == total[rank * 3 : (rank + 1) * 3].tolist()
+
+
+def _varlen_worker(rank: int) -> list:
+    uneven = gather_varlen(torch.full((rank * 2, 3), float(rank)))  # rank 0 gives no row, rank 1 two
+    empty = gather_varlen(torch.zeros(0, 3))  # no rank gives a row
+    return [uneven.tolist(), list(empty.shape)]
+
+
+@pytest.mark.slow
+def test_gather_varlen_keeps_rank_order_with_empty_parts():
+    for uneven, empty_shape in run_gloo(_varlen_worker, world=WORLD).values():
+        assert uneven == [[1.0, 1.0, 1.0]] * 2
+        assert empty_shape == [0, 3]
 
 
 def _ddp_cli(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:

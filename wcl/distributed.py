@@ -49,9 +49,11 @@ def gather_varlen(x: Tensor) -> Tensor:
     if not is_distributed():
         return x
     sizes = gather_nograd(torch.tensor([x.shape[0]], device=x.device)).tolist()
-    padded = x.new_zeros((max(sizes), *x.shape[1:]))
+    longest = max(sizes)
+    padded = x.new_zeros((longest, *x.shape[1:]))
     padded[: x.shape[0]] = x
-    parts = gather_nograd(padded).split(max(sizes))
+    # reshape, not split: split(0) of an empty gather gives one part, not one per rank.
+    parts = gather_nograd(padded).reshape(len(sizes), longest, *x.shape[1:])
     return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
 
 
