@@ -232,7 +232,7 @@ class KnnMultiCrop(Callback):
             index, feats = self.bank.rows()
             rows = int(gather_nograd(torch.tensor([index.shape[0]], device=index.device)).sum())
             bank: dict[str, Any] = {"epoch": self._epoch, "rows": rows}
-            if rows and self._saves_bank(feats.shape[1]):  # (empty after the epoch's table is built)
+            if self._saves_bank(feats.shape[1]):
                 bank |= {"index": gather_varlen(index).cpu(), "features": gather_varlen(feats).cpu()}
             state["bank"] = bank
         return state
