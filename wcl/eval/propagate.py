@@ -50,7 +50,7 @@ def affinity(features: Tensor, k: int = 50, gamma: float = 3.0) -> Tensor:
     return torch.sparse_coo_tensor(w.indices(), w.values() * scale[i] * scale[j], (n, n), check_invariants=False)
 
 
-def propagate(s: Tensor, labels: Tensor, num_classes: int, alpha: float = 0.99, iters: int = 20) -> Tensor:
+def propagate(s: Tensor, labels: Tensor, num_classes: int, alpha: float = 0.9, iters: int = 20) -> Tensor:
     """Label propagation: ``Z = (I - alpha·S)^-1 Y`` by conjugate gradients (``I - alpha·S`` is symmetric
     positive definite for ``0 <= alpha < 1``), with ``Y`` the one-hot known labels, each class's column divided by its
     number of known samples (so no class outweighs another by its share of the labels).
@@ -102,8 +102,8 @@ class PropagatedKnn(ShardedKnn):
     distribution propagated from the known ones. The whole bank (every rank's share) is gathered on every rank for
     the propagation: N×D features, for the few-label protocols' subsets (CIFAR: 50,000 × 512)."""
 
-    def __init__(self, k: int = 200, temperature: float = 0.1, graph_k: int = 50, gamma: float = 3.0,
-                 alpha: float = 0.99, iters: int = 20) -> None:
+    def __init__(self, k: int = 200, temperature: float = 0.1, graph_k: int = 20, gamma: float = 3.0,
+                 alpha: float = 0.9, iters: int = 20) -> None:
         super().__init__(k, temperature)
         self.graph_k, self.gamma, self.alpha, self.iters = graph_k, gamma, alpha, iters
 
@@ -134,8 +134,8 @@ class LabelPropagation(OnlineKnn):
 
     metric = "propagation"
 
-    def __init__(self, k: int = 200, temperature: float = 0.1, graph_k: int = 50, gamma: float = 3.0,
-                 alpha: float = 0.99, iters: int = 20) -> None:
+    def __init__(self, k: int = 200, temperature: float = 0.1, graph_k: int = 20, gamma: float = 3.0,
+                 alpha: float = 0.9, iters: int = 20) -> None:
         super().__init__(k, temperature)
         self.scorer = PropagatedKnn(k, temperature, graph_k, gamma, alpha, iters)
 
@@ -167,8 +167,8 @@ class PropagationEval(FrozenBackboneEval):
         temperature: vote temperature (each votes with ``exp(cos / temperature)`` × its label distribution).
     """
 
-    def __init__(self, checkpoint: str, num_classes: int | None = None, graph_k: PositiveInt = 50,
-                 gamma: PositiveFloat = 3.0, alpha: OpenUnitInterval = 0.99, iters: PositiveInt = 20,
+    def __init__(self, checkpoint: str, num_classes: int | None = None, graph_k: PositiveInt = 20,
+                 gamma: PositiveFloat = 3.0, alpha: OpenUnitInterval = 0.9, iters: PositiveInt = 20,
                  k: PositiveInt = 200, temperature: PositiveFloat = 0.1) -> None:
         super().__init__()
         check_constraints(PropagationEval.__init__, locals(), "model.")
