@@ -267,6 +267,21 @@ def test_export_refuses_its_input_and_bad_outputs(capsys, tmp_path, pretrained):
     assert torch.load(pretrained, weights_only=False)["state_dict"]  # the checkpoint is untouched
 
 
+def test_export_over_an_existing_file_needs_overwrite(capsys, tmp_path, pretrained):
+    """An existing output, here another run's checkpoint, is replaced only with --overwrite."""
+    other = tmp_path / "other_run.ckpt"
+    other.write_bytes(pretrained.read_bytes())
+    _fails(capsys, [str(pretrained), str(other)], str(other), "already exists", "--overwrite", entry=export_main)
+    assert other.read_bytes() == pretrained.read_bytes()
+
+
+def test_export_into_a_file_named_like_the_folder(capsys, tmp_path, pretrained):
+    """OUT/ (a trailing slash) is a folder that gets backbone.pt; a file of that name is in the way."""
+    (tmp_path / "newdir").write_text("x")
+    _fails(capsys, [str(pretrained), f"{tmp_path / 'newdir'}/"], str(tmp_path / "newdir"), "is a file, not a folder",
+           entry=export_main)
+
+
 def test_download_without_a_network(capsys, tmp_path, monkeypatch):
     import urllib.error
 
