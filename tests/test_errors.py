@@ -404,6 +404,15 @@ def test_overlay_before_its_base_says_to_swap_them(capsys, tmp_path):
            "overlay", f"--config {QUICK} before --config {overlay}")
 
 
+def test_later_config_of_another_model_class(capsys, tmp_path, pretrained):
+    """A probe recipe after a pretraining recipe: jsonargparse would keep wcl.WCL's arguments of the same names
+    (lr_scaling, backbone, the data's augment) under wcl.LinearProbe, a mixed run."""
+    _fails(capsys, ["fit", "--config", QUICK, "--config", LINEAR, "--model.checkpoint", str(pretrained),
+                    "--data.num_workers", "0", "--trainer.default_root_dir", str(tmp_path)],
+           "model.class_path from wcl.WCL", "to wcl.LinearProbe", f"--config {LINEAR} without {QUICK}")
+    assert not list(tmp_path.iterdir())
+
+
 def test_settings_that_quietly_waste_a_run_get_one_warning_line_each(capsys, tmp_path):
     """Not errors: the run goes on; each setting gets one `wcl: warning:` line naming its key."""
     for split in ("train",):

@@ -19,9 +19,11 @@ from wcl.errors import ConfigError
 
 
 def check_config_files(args: list[str]) -> None:
-    """Every ``--config`` file parses as YAML (else: its file, line and column) and sets keys, and an overlay (a
-    ``model:`` or ``data:`` section without ``class_path``) does not come before the config that names the class.
-    Read before parsing: jsonargparse's own messages name neither the file nor the line."""
+    """Every ``--config`` file parses as YAML (else: its file, line and column) and sets keys, an overlay (a
+    ``model:`` or ``data:`` section without ``class_path``) does not come before the config that names the class,
+    and no later config names another class (jsonargparse would keep the first class's arguments of the same names
+    under the second: a mixed run). Read before parsing: jsonargparse's own messages name neither the file nor the
+    line."""
     loaded = []
     for path in config_files(args):
         if not Path(path).is_file():
@@ -42,14 +44,33 @@ def check_config_files(args: list[str]) -> None:
                               "configs/quickstart.yaml), or leave it off the command line.")
         loaded.append((path, cfg))
     for section in ("model", "data"):
-        named = [i for i, (_, c) in enumerate(loaded) if isinstance(c.get(section), dict)
-                 and "class_path" in c[section]]
-        for i, (path, c) in enumerate(loaded):
-            part = c.get(section)
+        parts = [(path, _section(path, c, section)) for path, c in loaded]
+        named = [i for i, (_, part) in enumerate(parts) if isinstance(part, dict) and "class_path" in part]
+        for i, (path, part) in enumerate(parts):
             if isinstance(part, dict) and "class_path" not in part and named and named[0] > i:
-                base = loaded[named[0]][0]
+                base = parts[named[0]][0]
                 raise ConfigError(f"{path} is an overlay (its {section}: has no class_path) and must follow the "
                                   f"config it changes: give --config {base} before --config {path}.")
+        if named:
+            base, first = parts[named[0]][0], parts[named[0]][1]["class_path"]
+            for i in named[1:]:
+                path, other = parts[i][0], parts[i][1]["class_path"]
+                if not _same_class(first, other):
+                    raise ConfigError(f"--config {path} changes {section}.class_path from {first} (set by {base}) to "
+                                      f"{other}, which would keep {first}'s {section} arguments of the same names; "
+                                      f"give one recipe (--config {path} without {base}), or later configs that "
+                                      "change only init_args (no class_path).")
+
+
+def _section(path: str, cfg: dict[str, Any], section: str) -> Any:
+    """``cfg[section]``, read from the file it names where it is one (``data: data.yaml``, beside the config)."""
+    part = cfg.get(section)
+    if isinstance(part, str) and part.endswith((".yaml", ".yml")):
+        try:
+            return yaml.safe_load((Path(path).parent / part).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return part  # jsonargparse says what is wrong with it
+    return part
 
 
 def _is_int(v: Any) -> bool:
@@ -159,6 +180,16 @@ def _resolve(class_path: str) -> type | None:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return None
+
+
+def _same_class(a: Any, b: Any) -> bool:
+    """Two ``class_path`` values name one class (``wcl.WCL`` and ``wcl.module.WCL`` alike)."""
+    if a == b:
+        return True
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    found = _resolve(a), _resolve(b)
+    return found[0] is not None and found[0] is found[1]
 
 
 def _differs(a: Any, b: Any) -> bool:
