@@ -258,6 +258,15 @@ def test_ckpt_path_that_does_not_exist(capsys, tmp_path):
                     "--trainer.default_root_dir", str(tmp_path)], "none.ckpt")
 
 
+def test_ckpt_path_that_is_a_folder(capsys, tmp_path):
+    """A folder names no checkpoint: the line says so and gives the one in it."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"")
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--ckpt_path", str(folder), "--trainer.default_root_dir",
+                    str(tmp_path / "run")], f"--ckpt_path {folder} is a folder", f"--ckpt_path {folder / 'last.ckpt'}")
+
+
 def test_export_refuses_its_input_and_bad_outputs(capsys, tmp_path, pretrained):
     _fails(capsys, [str(pretrained), str(pretrained)], "is the checkpoint being exported", entry=export_main)
     _fails(capsys, [str(pretrained), str(tmp_path)], "is a folder", entry=export_main)
