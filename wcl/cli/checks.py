@@ -81,6 +81,23 @@ def _count_or_fraction(v: Any) -> bool:
     return _is_int(v) and v >= 0 or isinstance(v, float) and 0 <= v <= 1
 
 
+def _duration(v: Any) -> bool:
+    """``DD:HH:MM:SS`` (or a dict / timedelta, as Lightning takes it) longer than zero: a zero limit trains nothing."""
+    if isinstance(v, str):
+        return bool(re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v)) and any(int(p) for p in v.split(":"))
+    if isinstance(v, dict):
+        return any(n > 0 for n in v.values() if isinstance(n, int | float))
+    seconds = getattr(v, "total_seconds", None)
+    return seconds is None or seconds() > 0
+
+
+def _cpu_devices(v: Any) -> bool:
+    """What Lightning's CPU accelerator takes as ``devices``: a number of processes, never device indices."""
+    if isinstance(v, str):
+        return v.strip() == "auto" or v.strip().isdigit() and int(v) >= 1
+    return _is_int(v) and v >= 1
+
+
 def _devices(v: Any) -> bool:
     if isinstance(v, str):
         if v.strip() == "auto":
@@ -101,8 +118,8 @@ TRAINER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_steps": (lambda v: _is_int(v) and (v >= 1 or v == -1), "an int >= 1 (or -1: no step limit)"),
     "min_epochs": (lambda v: v is None or _is_int(v) and v >= 0, "an int >= 0"),
     "min_steps": (lambda v: v is None or _is_int(v) and v >= 0, "an int >= 0"),
-    "max_time": (lambda v: not isinstance(v, str) or bool(re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v)),
-                 "a duration DD:HH:MM:SS (e.g. 00:12:00:00 for 12 hours)"),
+    "max_time": (lambda v: v is None or _duration(v),
+                 "a duration DD:HH:MM:SS longer than zero (e.g. 00:12:00:00 for 12 hours; null: no time limit)"),
     **{f"limit_{s}_batches": (lambda v: v is None or _count_or_fraction(v),
                               "a number of batches >= 0 or a fraction in [0, 1] of the loader")
        for s in ("train", "val", "test", "predict")},
@@ -134,6 +151,16 @@ def check_trainer(trainer: dict[str, Any], seed: Any, subcommand: str) -> None:
     if subcommand == "fit" and trainer.get("limit_train_batches") in (0, 0.0):
         raise ConfigError("trainer.limit_train_batches 0 trains nothing; give a number of batches >= 1 or a "
                           "fraction in (0, 1] of the epoch (or run validate instead of fit).")
+    if subcommand == "validate" and trainer.get("limit_val_batches") in (0, 0.0):
+        raise ConfigError("trainer.limit_val_batches 0 evaluates nothing, so validate would log no metric; give a "
+                          "number of batches >= 1 or a fraction in (0, 1] of the val split (1.0: all of it).")
+    if subcommand == "predict" and trainer.get("limit_predict_batches") in (0, 0.0):
+        raise ConfigError("trainer.limit_predict_batches 0 embeds nothing, so predict would write no embedding; give "
+                          "a number of batches >= 1 or a fraction in (0, 1] of each split (1.0: all of it).")
+    if subcommand == "fit":
+        _check_minimum(trainer, "epochs")
+        _check_minimum(trainer, "steps")
+    _check_cpu_devices(trainer.get("accelerator"), trainer.get("devices"))
     strategy = trainer.get("strategy")
     if isinstance(strategy, str):
         from lightning.pytorch.strategies import StrategyRegistry
@@ -146,6 +173,27 @@ def check_trainer(trainer: dict[str, Any], seed: Any, subcommand: str) -> None:
     if not isinstance(seed, bool) and seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):
         raise ConfigError(f"seed_everything must be an int in [0, 4294967295] (or true: a random seed, recorded); "
                           f"got {seed!r}.")
+
+
+def _check_minimum(trainer: dict[str, Any], unit: str) -> None:
+    """``min_epochs`` (``min_steps``) above ``max_epochs`` (``max_steps``): the maximum ends the run first."""
+    low, high = trainer.get(f"min_{unit}"), trainer.get(f"max_{unit}")
+    if _is_int(low) and _is_int(high) and high >= 1 and low > high:
+        raise ConfigError(f"trainer.min_{unit} {low} is more than trainer.max_{unit} {high}, which ends the run "
+                          f"first; raise --trainer.max_{unit} to at least {low}, or lower --trainer.min_{unit}.")
+
+
+def _check_cpu_devices(accelerator: Any, devices: Any) -> None:
+    """Device indices (``[0]``, ``"0,1"``) on the CPU accelerator, named or chosen by ``auto`` where no GPU is
+    visible: Lightning's TypeError, as the key and the fix."""
+    if accelerator not in (None, "auto", "cpu") or devices is None or _cpu_devices(devices):
+        return
+    if accelerator != "cpu" and (torch.cuda.is_available() or getattr(torch.backends, "mps", None) is not None
+                                 and torch.backends.mps.is_available()):
+        return
+    which = "the CPU accelerator" if accelerator == "cpu" else "the CPU accelerator (auto: no GPU is visible here)"
+    raise ConfigError(f"trainer.devices {devices!r} with {which} must be an int > 0, the number of processes (e.g. "
+                      "--trainer.devices 1); device indices such as [0] name GPUs, for --trainer.accelerator gpu.")
 
 
 def check_accelerator(name: Any) -> None:
