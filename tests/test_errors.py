@@ -157,6 +157,13 @@ TRAINER_CASES = {
     "fast_dev_run < 0": (["--trainer.fast_dev_run", "-1"], ["trainer.fast_dev_run"]),
     "overfit_batches < 0": (["--trainer.overfit_batches", "-1"], ["trainer.overfit_batches"]),
     "max_time malformed": (["--trainer.max_time", "abc"], ["trainer.max_time", "DD:HH:MM:SS"]),
+    "max_time 0": (["--trainer.max_time", "00:00:00:00"], ["trainer.max_time", "longer than zero"]),
+    "min_epochs above max_epochs": (["--trainer.max_epochs", "1", "--trainer.min_epochs", "3"],
+                                    ["trainer.min_epochs 3", "trainer.max_epochs 1"]),
+    "min_steps above max_steps": (["--trainer.max_steps", "2", "--trainer.min_steps", "5"],
+                                  ["trainer.min_steps 5", "trainer.max_steps 2"]),
+    "device indices on the cpu": (["--trainer.accelerator", "cpu", "--trainer.devices", "[0]"],
+                                  ["trainer.devices [0]", "CPU accelerator", "int > 0"]),
     "strategy unknown": (["--trainer.strategy", "foo"], ["trainer.strategy foo", "ddp"]),
     "reload every < 0": (["--trainer.reload_dataloaders_every_n_epochs", "-1"],
                          ["trainer.reload_dataloaders_every_n_epochs"]),
@@ -178,6 +185,32 @@ def test_trainer_keys_are_checked_for_every_subcommand(subcommand, capsys, tmp_p
     config = {"validate": "knn", "predict": "embed"}[subcommand]
     _fails(capsys, [subcommand, "--config", str(ROOT / "configs" / config / "quickstart.yaml"), "--model.checkpoint",
                     str(tmp_path / "none.ckpt"), "--trainer.devices", "0"], "trainer.devices")
+
+
+def test_val_check_interval_beyond_the_epoch(capsys, tmp_path):
+    """Known wrong only once the training loader is built (2 batches here): Lightning's ValueError as one line."""
+    record = tmp_path / "batches.log"
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, *SAFE, "--trainer.default_root_dir", str(tmp_path / "run"),
+                    "--trainer.callbacks+=tests.helpers.RecordBatches", f"--trainer.callbacks.path={record}",
+                    "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "1000"],
+           "trainer.val_check_interval 1000", "than the 2 training batches", "--trainer.check_val_every_n_epoch null")
+    assert not record.exists() and not list((tmp_path / "run").rglob("*.ckpt"))  # no step ran, nothing saved
+
+
+@pytest.mark.parametrize("case", ["validate of 0 batches", "predict of 0 batches"])
+def test_evaluation_of_no_batch(case, capsys, tmp_path, pretrained):
+    """validate and predict with a limit of 0 batches would do nothing: refused as fit refuses
+    limit_train_batches 0."""
+    args, needles = {
+        "validate of 0 batches": (["validate", "--config", str(ROOT / "configs" / "knn" / "quickstart.yaml"),
+                                   "--trainer.limit_val_batches", "0"], ["trainer.limit_val_batches 0", "nothing"]),
+        "predict of 0 batches": (["predict", "--config", str(ROOT / "configs" / "embed" / "quickstart.yaml"),
+                                  "--trainer.limit_predict_batches", "0"],
+                                 ["trainer.limit_predict_batches 0", "nothing"]),
+    }[case]
+    _fails(capsys, [*args, "--model.checkpoint", str(pretrained), "--data.num_workers", "0",
+                    "--trainer.default_root_dir", str(tmp_path)], *needles)
+    assert not (tmp_path / "embeddings").exists() and not (tmp_path / "lightning_logs").exists()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -258,6 +291,15 @@ def test_ckpt_path_that_does_not_exist(capsys, tmp_path):
                     "--trainer.default_root_dir", str(tmp_path)], "none.ckpt")
 
 
+def test_ckpt_path_that_is_a_folder(capsys, tmp_path):
+    """A folder names no checkpoint: the line says so and gives the one in it."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "last.ckpt").write_bytes(b"")
+    _fails(capsys, ["fit", "--config", QUICK, *TINY, "--ckpt_path", str(folder), "--trainer.default_root_dir",
+                    str(tmp_path / "run")], f"--ckpt_path {folder} is a folder", f"--ckpt_path {folder / 'last.ckpt'}")
+
+
 def test_export_refuses_its_input_and_bad_outputs(capsys, tmp_path, pretrained):
     _fails(capsys, [str(pretrained), str(pretrained)], "is the checkpoint being exported", entry=export_main)
     _fails(capsys, [str(pretrained), str(tmp_path)], "is a folder", entry=export_main)
@@ -265,6 +307,21 @@ def test_export_refuses_its_input_and_bad_outputs(capsys, tmp_path, pretrained):
     _fails(capsys, [str(pretrained), str(tmp_path / "file" / "out.pt")], "is a file, not a folder",
            entry=export_main)
     assert torch.load(pretrained, weights_only=False)["state_dict"]  # the checkpoint is untouched
+
+
+def test_export_over_an_existing_file_needs_overwrite(capsys, tmp_path, pretrained):
+    """An existing output, here another run's checkpoint, is replaced only with --overwrite."""
+    other = tmp_path / "other_run.ckpt"
+    other.write_bytes(pretrained.read_bytes())
+    _fails(capsys, [str(pretrained), str(other)], str(other), "already exists", "--overwrite", entry=export_main)
+    assert other.read_bytes() == pretrained.read_bytes()
+
+
+def test_export_into_a_file_named_like_the_folder(capsys, tmp_path, pretrained):
+    """OUT/ (a trailing slash) is a folder that gets backbone.pt; a file of that name is in the way."""
+    (tmp_path / "newdir").write_text("x")
+    _fails(capsys, [str(pretrained), f"{tmp_path / 'newdir'}/"], str(tmp_path / "newdir"), "is a file, not a folder",
+           entry=export_main)
 
 
 def test_download_without_a_network(capsys, tmp_path, monkeypatch):
@@ -387,6 +444,15 @@ def test_overlay_before_its_base_says_to_swap_them(capsys, tmp_path):
     overlay = str(ROOT / "configs" / "multicrop.yaml")
     _fails(capsys, ["fit", "--config", overlay, "--config", QUICK, *TINY, "--trainer.default_root_dir", str(tmp_path)],
            "overlay", f"--config {QUICK} before --config {overlay}")
+
+
+def test_later_config_of_another_model_class(capsys, tmp_path, pretrained):
+    """A probe recipe after a pretraining recipe: jsonargparse would keep wcl.WCL's arguments of the same names
+    (lr_scaling, backbone, the data's augment) under wcl.LinearProbe, a mixed run."""
+    _fails(capsys, ["fit", "--config", QUICK, "--config", LINEAR, "--model.checkpoint", str(pretrained),
+                    "--data.num_workers", "0", "--trainer.default_root_dir", str(tmp_path)],
+           "model.class_path from wcl.WCL", "to wcl.LinearProbe", f"--config {LINEAR} without {QUICK}")
+    assert not list(tmp_path.iterdir())
 
 
 def test_settings_that_quietly_waste_a_run_get_one_warning_line_each(capsys, tmp_path):

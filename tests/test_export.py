@@ -81,3 +81,24 @@ def test_checkpoint_without_backbone_args_still_loads(tmp_path):
     assert arch["backbone_args"] == {} and arch["width"] == 8
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(backbone.eval()(x), net.backbone(x))
+
+
+def test_trailing_slash_writes_backbone_pt_into_a_new_folder(tmp_path, capsys):
+    """``OUT/`` is a folder (as for ``cp``): the weights go to ``OUT/backbone.pt``, the folder created."""
+    net = _checkpoint(tmp_path / "last.ckpt", backbone="resnet18", width=8, cifar_stem=True)
+    m, line = _run_printed_line(capsys, tmp_path / "last.ckpt", f"{tmp_path / 'newdir'}/")
+    assert (tmp_path / "newdir").is_dir() and (tmp_path / "newdir" / "backbone.pt").is_file()
+    assert f"torch.load({str(tmp_path / 'newdir' / 'backbone.pt')!r})" in line
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(m(x), net.backbone(x))
+
+
+def test_overwrite_replaces_an_existing_file(tmp_path, capsys):
+    _checkpoint(tmp_path / "last.ckpt", backbone="resnet18", width=8, cifar_stem=True)
+    (tmp_path / "backbone.pt").write_bytes(b"an older export")
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "last.ckpt"), str(tmp_path / "backbone.pt")])
+    assert (tmp_path / "backbone.pt").read_bytes() == b"an older export"
+    export_main([str(tmp_path / "last.ckpt"), str(tmp_path / "backbone.pt"), "--overwrite"])
+    assert f"wrote {tmp_path / 'backbone.pt'}: " in capsys.readouterr().out
+    assert "conv1.weight" in torch.load(tmp_path / "backbone.pt")

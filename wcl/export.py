@@ -1,6 +1,9 @@
 """Export a checkpoint's backbone as a ``state_dict`` and print the Python line that loads it.
 
-    python -m wcl.export CKPT OUT.pt
+    python -m wcl.export CKPT OUT.pt      # or OUT/ (a trailing slash): OUT/backbone.pt, the folder created
+
+An existing file is never replaced without ``--overwrite`` (it may be another run's checkpoint), nor the
+checkpoint being exported even with it.
 
 What loads the file with ``strict=True``, by backbone:
 
@@ -20,6 +23,7 @@ The exact line is printed after the export.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,18 +40,35 @@ def _kwargs(args: dict[str, Any]) -> str:
     return "".join(f", {k}={v!r}" for k, v in args.items())
 
 
-def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write the state dict; returns ``{"arch", "fc", "torchvision_compatible", "load"}`` where ``fc`` is
+DEFAULT_NAME = "backbone.pt"
+
+
+def output_file(out: str | Path) -> Path:
+    """The file ``out`` names: ``out`` itself, or ``out/backbone.pt`` where it ends in a slash (a folder, as for
+    ``cp``)."""
+    text = str(out)
+    path = Path(text).expanduser()
+    return path / DEFAULT_NAME if text.endswith(("/", os.sep)) else path
+
+
+def export_backbone(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Write the state dict to :func:`output_file` of ``out`` (an existing file only with ``overwrite``); returns
+    ``{"out", "arch", "fc", "torchvision_compatible", "load"}`` where ``out`` is the file written, ``fc`` is
     ``classifier`` (a probe's / fine-tune's classifier was written), ``zeros`` (a zero torchvision ``fc``) or
     ``none``, and ``load`` is a Python line that builds ``m`` and loads the file into it with ``strict=True``."""
-    out = Path(out).expanduser()
+    out = output_file(out)
     if out.exists() and out.resolve() == Path(checkpoint).expanduser().resolve():
         raise ConfigError(f"the output {out} is the checkpoint being exported; write the weights to another file.")
     if out.is_dir():
-        raise ConfigError(f"the output {out} is a folder; give a file name, e.g. {out / 'backbone.pt'}.")
+        raise ConfigError(f"the output {out} is a folder; give a file name, e.g. {out / DEFAULT_NAME} (or {out}/, "
+                          "which writes that file).")
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise ConfigError(f"cannot write {out}: {blocking} is a file, not a folder; choose another output path.")
+    if out.exists() and not overwrite:
+        what = " (a checkpoint: another run's?)" if out.suffix == ".ckpt" else ""
+        raise ConfigError(f"{out} already exists{what}; pass --overwrite to replace it, or give another output "
+                          "path (nothing was written).")
     ckpt = read_checkpoint(checkpoint)
     backbone, arch = load_backbone(checkpoint)  # the weights fit the recorded architecture (strict)
     info = backbone.backbone_info
@@ -90,18 +111,20 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> dict[str, Any]:
         state[f"{path}.weight"], state[f"{path}.bias"] = head
     out.parent.mkdir(parents=True, exist_ok=True)
     write_whole(out, lambda f: torch.save(state, f))  # a stop or a full disk never leaves half a file
-    return {"arch": arch, "fc": fc, "torchvision_compatible": compatible, "load": build}
+    return {"out": out, "arch": arch, "fc": fc, "torchvision_compatible": compatible, "load": build}
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m wcl.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a .ckpt of wcl.WCL, wcl.LinearProbe or wcl.FineTune")
-    p.add_argument("out", help="where to write the state_dict (.pt)")
+    p.add_argument("out", help=f"where to write the state_dict (.pt); a path ending in / is a folder (created if "
+                               f"needed) that gets {DEFAULT_NAME}")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = p.parse_args(argv)
     try:
         with stops_cleanly("wcl.export"):
-            info = export_backbone(args.checkpoint, args.out)
+            info = export_backbone(args.checkpoint, args.out, overwrite=args.overwrite)
     except WCLError as err:
         print(f"wcl.export: error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -113,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     what = arch["backbone"] if not arch["backbone"].startswith("resnet") else \
         f"{arch['backbone']} width {arch['width']} cifar_stem={arch['cifar_stem']}"
     extra = f" {arch['backbone_args']}" if arch["backbone_args"] else ""
-    print(f"wrote {args.out}: {what}{extra}, classifier={info['fc']}")
+    print(f"wrote {info['out']}: {what}{extra}, classifier={info['fc']}")
     print(f"load with: {info['load']}")
 
 

@@ -19,9 +19,11 @@ from wcl.errors import ConfigError
 
 
 def check_config_files(args: list[str]) -> None:
-    """Every ``--config`` file parses as YAML (else: its file, line and column) and sets keys, and an overlay (a
-    ``model:`` or ``data:`` section without ``class_path``) does not come before the config that names the class.
-    Read before parsing: jsonargparse's own messages name neither the file nor the line."""
+    """Every ``--config`` file parses as YAML (else: its file, line and column) and sets keys, an overlay (a
+    ``model:`` or ``data:`` section without ``class_path``) does not come before the config that names the class,
+    and no later config names another class (jsonargparse would keep the first class's arguments of the same names
+    under the second: a mixed run). Read before parsing: jsonargparse's own messages name neither the file nor the
+    line."""
     loaded = []
     for path in config_files(args):
         if not Path(path).is_file():
@@ -42,14 +44,33 @@ def check_config_files(args: list[str]) -> None:
                               "configs/quickstart.yaml), or leave it off the command line.")
         loaded.append((path, cfg))
     for section in ("model", "data"):
-        named = [i for i, (_, c) in enumerate(loaded) if isinstance(c.get(section), dict)
-                 and "class_path" in c[section]]
-        for i, (path, c) in enumerate(loaded):
-            part = c.get(section)
+        parts = [(path, _section(path, c, section)) for path, c in loaded]
+        named = [i for i, (_, part) in enumerate(parts) if isinstance(part, dict) and "class_path" in part]
+        for i, (path, part) in enumerate(parts):
             if isinstance(part, dict) and "class_path" not in part and named and named[0] > i:
-                base = loaded[named[0]][0]
+                base = parts[named[0]][0]
                 raise ConfigError(f"{path} is an overlay (its {section}: has no class_path) and must follow the "
                                   f"config it changes: give --config {base} before --config {path}.")
+        if named:
+            base, first = parts[named[0]][0], parts[named[0]][1]["class_path"]
+            for i in named[1:]:
+                path, other = parts[i][0], parts[i][1]["class_path"]
+                if not _same_class(first, other):
+                    raise ConfigError(f"--config {path} changes {section}.class_path from {first} (set by {base}) to "
+                                      f"{other}, which would keep {first}'s {section} arguments of the same names; "
+                                      f"give one recipe (--config {path} without {base}), or later configs that "
+                                      "change only init_args (no class_path).")
+
+
+def _section(path: str, cfg: dict[str, Any], section: str) -> Any:
+    """``cfg[section]``, read from the file it names where it is one (``data: data.yaml``, beside the config)."""
+    part = cfg.get(section)
+    if isinstance(part, str) and part.endswith((".yaml", ".yml")):
+        try:
+            return yaml.safe_load((Path(path).parent / part).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return part  # jsonargparse says what is wrong with it
+    return part
 
 
 def _is_int(v: Any) -> bool:
@@ -58,6 +79,23 @@ def _is_int(v: Any) -> bool:
 
 def _count_or_fraction(v: Any) -> bool:
     return _is_int(v) and v >= 0 or isinstance(v, float) and 0 <= v <= 1
+
+
+def _duration(v: Any) -> bool:
+    """``DD:HH:MM:SS`` (or a dict / timedelta, as Lightning takes it) longer than zero: a zero limit trains nothing."""
+    if isinstance(v, str):
+        return bool(re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v)) and any(int(p) for p in v.split(":"))
+    if isinstance(v, dict):
+        return any(n > 0 for n in v.values() if isinstance(n, int | float))
+    seconds = getattr(v, "total_seconds", None)
+    return seconds is None or seconds() > 0
+
+
+def _cpu_devices(v: Any) -> bool:
+    """What Lightning's CPU accelerator takes as ``devices``: a number of processes, never device indices."""
+    if isinstance(v, str):
+        return v.strip() == "auto" or v.strip().isdigit() and int(v) >= 1
+    return _is_int(v) and v >= 1
 
 
 def _devices(v: Any) -> bool:
@@ -80,8 +118,8 @@ TRAINER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_steps": (lambda v: _is_int(v) and (v >= 1 or v == -1), "an int >= 1 (or -1: no step limit)"),
     "min_epochs": (lambda v: v is None or _is_int(v) and v >= 0, "an int >= 0"),
     "min_steps": (lambda v: v is None or _is_int(v) and v >= 0, "an int >= 0"),
-    "max_time": (lambda v: not isinstance(v, str) or bool(re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", v)),
-                 "a duration DD:HH:MM:SS (e.g. 00:12:00:00 for 12 hours)"),
+    "max_time": (lambda v: v is None or _duration(v),
+                 "a duration DD:HH:MM:SS longer than zero (e.g. 00:12:00:00 for 12 hours; null: no time limit)"),
     **{f"limit_{s}_batches": (lambda v: v is None or _count_or_fraction(v),
                               "a number of batches >= 0 or a fraction in [0, 1] of the loader")
        for s in ("train", "val", "test", "predict")},
@@ -113,6 +151,16 @@ def check_trainer(trainer: dict[str, Any], seed: Any, subcommand: str) -> None:
     if subcommand == "fit" and trainer.get("limit_train_batches") in (0, 0.0):
         raise ConfigError("trainer.limit_train_batches 0 trains nothing; give a number of batches >= 1 or a "
                           "fraction in (0, 1] of the epoch (or run validate instead of fit).")
+    if subcommand == "validate" and trainer.get("limit_val_batches") in (0, 0.0):
+        raise ConfigError("trainer.limit_val_batches 0 evaluates nothing, so validate would log no metric; give a "
+                          "number of batches >= 1 or a fraction in (0, 1] of the val split (1.0: all of it).")
+    if subcommand == "predict" and trainer.get("limit_predict_batches") in (0, 0.0):
+        raise ConfigError("trainer.limit_predict_batches 0 embeds nothing, so predict would write no embedding; give "
+                          "a number of batches >= 1 or a fraction in (0, 1] of each split (1.0: all of it).")
+    if subcommand == "fit":
+        _check_minimum(trainer, "epochs")
+        _check_minimum(trainer, "steps")
+    _check_cpu_devices(trainer.get("accelerator"), trainer.get("devices"))
     strategy = trainer.get("strategy")
     if isinstance(strategy, str):
         from lightning.pytorch.strategies import StrategyRegistry
@@ -125,6 +173,27 @@ def check_trainer(trainer: dict[str, Any], seed: Any, subcommand: str) -> None:
     if not isinstance(seed, bool) and seed is not None and not (_is_int(seed) and 0 <= seed < 2**32):
         raise ConfigError(f"seed_everything must be an int in [0, 4294967295] (or true: a random seed, recorded); "
                           f"got {seed!r}.")
+
+
+def _check_minimum(trainer: dict[str, Any], unit: str) -> None:
+    """``min_epochs`` (``min_steps``) above ``max_epochs`` (``max_steps``): the maximum ends the run first."""
+    low, high = trainer.get(f"min_{unit}"), trainer.get(f"max_{unit}")
+    if _is_int(low) and _is_int(high) and high >= 1 and low > high:
+        raise ConfigError(f"trainer.min_{unit} {low} is more than trainer.max_{unit} {high}, which ends the run "
+                          f"first; raise --trainer.max_{unit} to at least {low}, or lower --trainer.min_{unit}.")
+
+
+def _check_cpu_devices(accelerator: Any, devices: Any) -> None:
+    """Device indices (``[0]``, ``"0,1"``) on the CPU accelerator, named or chosen by ``auto`` where no GPU is
+    visible: Lightning's TypeError, as the key and the fix."""
+    if accelerator not in (None, "auto", "cpu") or devices is None or _cpu_devices(devices):
+        return
+    if accelerator != "cpu" and (torch.cuda.is_available() or getattr(torch.backends, "mps", None) is not None
+                                 and torch.backends.mps.is_available()):
+        return
+    which = "the CPU accelerator" if accelerator == "cpu" else "the CPU accelerator (auto: no GPU is visible here)"
+    raise ConfigError(f"trainer.devices {devices!r} with {which} must be an int > 0, the number of processes (e.g. "
+                      "--trainer.devices 1); device indices such as [0] name GPUs, for --trainer.accelerator gpu.")
 
 
 def check_accelerator(name: Any) -> None:
@@ -159,6 +228,16 @@ def _resolve(class_path: str) -> type | None:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return None
+
+
+def _same_class(a: Any, b: Any) -> bool:
+    """Two ``class_path`` values name one class (``wcl.WCL`` and ``wcl.module.WCL`` alike)."""
+    if a == b:
+        return True
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    found = _resolve(a), _resolve(b)
+    return found[0] is not None and found[0] is found[1]
 
 
 def _differs(a: Any, b: Any) -> bool:

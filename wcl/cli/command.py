@@ -109,6 +109,11 @@ class WCLCLI(PrivateHooks, LightningCLI):
         path = cfg.get("ckpt_path")
         if path in (None, "best", "hpc", "registry"):
             return
+        if Path(path).is_dir():
+            inside = next((p for p in (Path(path) / "last.ckpt", Path(path) / "checkpoints" / "last.ckpt")
+                           if p.is_file()), Path(path) / "last.ckpt")
+            raise ConfigError(f"--ckpt_path {path} is a folder; give a checkpoint file in it, e.g. --ckpt_path "
+                              f"{inside} (or 'last': the run folder's checkpoints/last.ckpt).")
         if not Path(path).is_file():
             raise ConfigError(f"--ckpt_path {path} does not exist; give a .ckpt written by "
                               f"`{messages.PROG} fit`, or 'last'.")

@@ -138,8 +138,23 @@ def user_error(err: BaseException) -> str | None:
             if "Original Traceback" in text:  # raised in a data-loader worker: keep the worker's own message
                 text = text.splitlines()[-1].split(": ", 1)[-1]
             return text
+        if isinstance(seen, ValueError) and (text := trainer_value_error(str(seen))) is not None:
+            return text
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def trainer_value_error(message: str) -> str | None:
+    """Lightning's ValueError about a trainer key that only the training loader's length shows wrong (raised when
+    the loader is built, after the checks before the run), as the key and the fix; ``None`` for any other."""
+    late = re.search(r"`val_check_interval` \((\d+)\) must be less than or equal to the number of the training "
+                     r"batches \((\d+)\)", message)
+    if late is None:
+        return None
+    given, batches = late.groups()
+    return (f"trainer.val_check_interval {given} is more than the {batches} training batches of an epoch, so the "
+            f"run would never validate; give at most {batches}, a fraction in (0, 1] of the epoch (1.0: at its end), "
+            "or add --trainer.check_val_every_n_epoch null to count the batches across epochs.")
 
 
 def lost_rank(err: BaseException) -> str | None:
