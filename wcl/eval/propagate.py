@@ -25,7 +25,7 @@ from wcl.eval.knn import FrozenBackboneEval
 from wcl.neighbors import ShardedKnn, neighbors_of_rows, topk_cosine
 
 
-def affinity(features: Tensor, k: int = 50, gamma: float = 3.0) -> Tensor:
+def affinity(features: Tensor, k: int = 20, gamma: float = 3.0) -> Tensor:
     """The normalised affinity of the k-NN graph: ``S = D^-1/2 W D^-1/2`` with ``W = A + Aᵀ``, ``A_ij =
     max(cos(x_i, x_j), 0)^gamma`` for j among i's k nearest other rows (0 elsewhere).
 
