@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     except WCLError as err:
         print(f"wcl.export: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except OSError as err:  # the disk is full, the folder read-only: what and where, not a traceback
+    except OSError as err:  # the output folder cannot be made (read-only, ...): what and where, not a traceback
         print(f"wcl.export: error: cannot write {args.out}: {err.strerror or err}; free space or choose another "
               "output path (nothing was written).", file=sys.stderr)
         sys.exit(2)

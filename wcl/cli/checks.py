@@ -142,21 +142,25 @@ TRAINER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# The subcommand's own limit_*_batches key at 0: the run would do nothing (what it says, after the key and the 0).
+NO_BATCH = {
+    "fit": ("limit_train_batches", "trains nothing; give a number of batches >= 1 or a fraction in (0, 1] of the "
+                                   "epoch (or run validate instead of fit)."),
+    "validate": ("limit_val_batches", "evaluates nothing, so validate would log no metric; give a number of batches "
+                                      ">= 1 or a fraction in (0, 1] of the val split (1.0: all of it)."),
+    "predict": ("limit_predict_batches", "embeds nothing, so predict would write no embedding; give a number of "
+                                         "batches >= 1 or a fraction in (0, 1] of each split (1.0: all of it)."),
+}
+
+
 def check_trainer(trainer: dict[str, Any], seed: Any, subcommand: str) -> None:
     """The trainer's keys and the seed, checked before anything is built (Lightning checks some of them later, as
     exceptions of its own, and some not at all)."""
     for key, (accepts, need) in TRAINER_RULES.items():
         if key in trainer and not accepts(trainer[key]):
             raise ConfigError(f"trainer.{key} must be {need}; got {trainer[key]!r}.")
-    if subcommand == "fit" and trainer.get("limit_train_batches") in (0, 0.0):
-        raise ConfigError("trainer.limit_train_batches 0 trains nothing; give a number of batches >= 1 or a "
-                          "fraction in (0, 1] of the epoch (or run validate instead of fit).")
-    if subcommand == "validate" and trainer.get("limit_val_batches") in (0, 0.0):
-        raise ConfigError("trainer.limit_val_batches 0 evaluates nothing, so validate would log no metric; give a "
-                          "number of batches >= 1 or a fraction in (0, 1] of the val split (1.0: all of it).")
-    if subcommand == "predict" and trainer.get("limit_predict_batches") in (0, 0.0):
-        raise ConfigError("trainer.limit_predict_batches 0 embeds nothing, so predict would write no embedding; give "
-                          "a number of batches >= 1 or a fraction in (0, 1] of each split (1.0: all of it).")
+    if subcommand in NO_BATCH and trainer.get(key := NO_BATCH[subcommand][0]) in (0, 0.0):
+        raise ConfigError(f"trainer.{key} 0 {NO_BATCH[subcommand][1]}")
     if subcommand == "fit":
         _check_minimum(trainer, "epochs")
         _check_minimum(trainer, "steps")
@@ -188,19 +192,22 @@ def _check_cpu_devices(accelerator: Any, devices: Any) -> None:
     visible: Lightning's TypeError, as the key and the fix."""
     if accelerator not in (None, "auto", "cpu") or devices is None or _cpu_devices(devices):
         return
-    if accelerator != "cpu" and (torch.cuda.is_available() or getattr(torch.backends, "mps", None) is not None
-                                 and torch.backends.mps.is_available()):
+    if accelerator != "cpu" and (torch.cuda.is_available() or _mps_available()):
         return
     which = "the CPU accelerator" if accelerator == "cpu" else "the CPU accelerator (auto: no GPU is visible here)"
     raise ConfigError(f"trainer.devices {devices!r} with {which} must be an int > 0, the number of processes (e.g. "
                       "--trainer.devices 1); device indices such as [0] name GPUs, for --trainer.accelerator gpu.")
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def check_accelerator(name: Any) -> None:
     """``--trainer.accelerator gpu`` (cuda, mps) where there is none: the key and the fix, not a backend error."""
     if not isinstance(name, str) or name not in ("gpu", "cuda", "mps"):
         return
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    mps = _mps_available()
     if (name == "cuda" and torch.cuda.is_available()) or (name == "mps" and mps) or \
             (name == "gpu" and (torch.cuda.is_available() or mps)):
         return

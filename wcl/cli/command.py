@@ -33,6 +33,7 @@ class WCLCLI(PrivateHooks, LightningCLI):
         given = kwargs.get("args")  # a list as on the command line, or a dict / Namespace of a whole config
         listed = given is None or isinstance(given, list | tuple)
         self._args = [str(a) for a in (sys.argv[1:] if given is None else given)] if listed else []
+        self._named_subcommand = next((a for a in self._args if a in self.subcommands()), None)
         self._summary = FitSummary()
         super().__init__(*args, **{"parser_class": messages.Parser, **kwargs})
 
@@ -43,7 +44,7 @@ class WCLCLI(PrivateHooks, LightningCLI):
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)
-        parser.subcommand = next((a for a in self._args if a in self.subcommands()), "fit")  # for its help pointer
+        parser.subcommand = self._named_subcommand or "fit"  # for its help pointer
         return parser
 
     def setup_parser(self, add_subcommands: bool, *args: Any) -> None:
@@ -63,8 +64,8 @@ class WCLCLI(PrivateHooks, LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except SystemExit as done:
-            if done.code in (0, None) and (sub := next((a for a in self._args if a in self.subcommands()), None)):
-                help_pages.print_config_values(parser, sub, self._args)
+            if done.code in (0, None) and self._named_subcommand:
+                help_pages.print_config_values(parser, self._named_subcommand, self._args)
             raise
         sub = self.config.get("subcommand")  # none where the CLI is built without running (run=False)
         cfg = self.config[sub] if sub else self.config
@@ -121,7 +122,6 @@ class WCLCLI(PrivateHooks, LightningCLI):
 
     def before_fit(self) -> None:
         self._summary.start = time.perf_counter()
-        run_folder.checkpoint_folders(self.trainer)
         if self.trainer.is_global_zero:
             self._lock = run_folder.lock_run_folder(Path(self.trainer.default_root_dir))
         self._resume()

@@ -190,6 +190,10 @@ _NOISE = ("litlogger", "litmodels", "TPU available", "HPU available", "GPU avail
           "Trainer already configured with model summary callbacks")
 
 
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not any(n in record.getMessage() for n in _NOISE)
+
+
 def quiet() -> None:
     """Drop third-party noise from every run: advertisements, hardware that is absent, a deprecation warning of
     Lightning internals, and the eval-mode warning a linear probe's frozen backbone would raise."""
@@ -197,4 +201,4 @@ def quiet() -> None:
     # A linear probe's frozen backbone is in eval mode on purpose (its BatchNorm statistics stay pretraining's).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(lambda record: not any(n in record.getMessage() for n in _NOISE))
+        logging.getLogger(name).addFilter(_not_noise)  # the same function: attached once however often main() runs
