@@ -216,5 +216,5 @@ class WCL(ResumesWhereItStopped, LightningModule):
                            "lars_exclude": True, "lr": hp.online_lr})
         opt = optim.build_optimizer(hp.optimizer, groups, lr, hp.momentum, hp.weight_decay, hp.lars_eta, hp.lars_clip)
         sched = optim.warmup_cosine_schedule(opt, self.trainer, hp.warmup_epochs, hp.min_lr_factor)
-        self._schedule_steps = int(self.trainer.estimated_stepping_batches)  # the length the cosine spans
+        self._schedule_steps = sched["scheduler"].total_steps  # the length the cosine spans
         return {"optimizer": opt, "lr_scheduler": sched}

@@ -263,6 +263,8 @@ class ShardedKnn:
     every rank.
     """
 
+    drops_unlabelled = True  # bank samples labelled -1 do not vote (a subclass that propagates to them keeps them)
+
     def __init__(self, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024) -> None:
         if k < 1 or temperature <= 0:
             raise ValueError(f"kNN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
@@ -280,9 +282,11 @@ class ShardedKnn:
         if index is None:
             index = torch.arange(self._rows, self._rows + feats.shape[0], device=labels.device)
         self._rows += feats.shape[0]
-        keep = labels >= 0
-        feats = F.normalize(feats.detach().float(), dim=1)
-        self._bank.append((feats[keep], labels[keep], index.to(labels.device)[keep]))
+        feats, index = F.normalize(feats.detach().float(), dim=1), index.to(labels.device)
+        if self.drops_unlabelled:
+            keep = labels >= 0
+            feats, labels, index = feats[keep], labels[keep], index[keep]
+        self._bank.append((feats, labels, index))
 
     def add_queries(self, index: Tensor, feats: Tensor, labels: Tensor) -> None:
         """Queries of this rank (index: dataset index, used to drop the repeats of padded distributed samplers)."""

@@ -88,8 +88,9 @@ class _SupervisedEval(ResumesWhereItStopped, LightningModule):
         hp = self.hparams
         opt = torch.optim.SGD(self.param_groups(), lr=self.learning_rate(), momentum=hp.momentum,
                               nesterov=hp.momentum > 0, weight_decay=hp.weight_decay)
-        self._schedule_steps = int(self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt, "lr_scheduler": warmup_cosine_schedule(opt, self.trainer, 0.0)}
+        sched = warmup_cosine_schedule(opt, self.trainer, 0.0)
+        self._schedule_steps = sched["scheduler"].total_steps
+        return {"optimizer": opt, "lr_scheduler": sched}
 
 
 class LinearProbe(_SupervisedEval):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
@@ -100,20 +99,14 @@ def label_distribution(z: Tensor) -> tuple[Tensor, Tensor]:
 class PropagatedKnn(ShardedKnn):
     """The kNN vote of :class:`~wcl.neighbors.ShardedKnn` with a bank whose unlabelled samples carry the label
     distribution propagated from the known ones. The whole bank (every rank's share) is gathered on every rank for
-    the propagation: N×D features, for the few-label protocols' subsets (CIFAR: 50,000 × 512)."""
+    the propagation: N×D features, for the few-label protocols' subsets (CIFAR: 50,000 × 512). Its bank keeps the
+    unlabelled samples (labels -1): the propagation spreads the known labels to them."""
 
-    def __init__(self, k: int = 200, temperature: float = 0.1, graph_k: int = 20, gamma: float = 3.0,
-                 alpha: float = 0.9, iters: int = 20) -> None:
+    drops_unlabelled = False
+
+    def __init__(self, k: int, temperature: float, graph_k: int, gamma: float, alpha: float, iters: int) -> None:
         super().__init__(k, temperature)
         self.graph_k, self.gamma, self.alpha, self.iters = graph_k, gamma, alpha, iters
-
-    def add_bank(self, feats: Tensor, labels: Tensor, index: Tensor | None = None) -> None:
-        """This rank's bank samples: feats B×D, labels LongTensor[B] (-1 = unlabelled: propagated to), index: their
-        dataset indices (default: the order of arrival)."""
-        if index is None:
-            index = torch.arange(self._rows, self._rows + feats.shape[0], device=labels.device)
-        self._rows += feats.shape[0]
-        self._bank.append((F.normalize(feats.detach().float(), dim=1), labels, index.to(labels.device)))
 
     def scores(self, queries: Tensor, num_classes: int) -> Tensor:
         dev = queries.device
@@ -134,8 +127,7 @@ class LabelPropagation(OnlineKnn):
 
     metric = "propagation"
 
-    def __init__(self, k: int = 200, temperature: float = 0.1, graph_k: int = 20, gamma: float = 3.0,
-                 alpha: float = 0.9, iters: int = 20) -> None:
+    def __init__(self, k: int, temperature: float, graph_k: int, gamma: float, alpha: float, iters: int) -> None:
         super().__init__(k, temperature)
         self.scorer = PropagatedKnn(k, temperature, graph_k, gamma, alpha, iters)
 
