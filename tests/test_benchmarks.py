@@ -3,9 +3,12 @@
 import sys
 from pathlib import Path
 
+import torch
+
 from wcl import WCLDataModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import pseudo_labels  # noqa: E402
 import throughput  # noqa: E402
 
 
@@ -17,3 +20,13 @@ def test_data_times_continue_past_the_end_of_a_small_epoch(monkeypatch):
     times = throughput.data_times("wcl", steps=5, quick=True)  # 7 batches drawn: 4 epochs
     assert len(times) == 5 and all(t > 0 for t in times)
     assert dm.epoch.get() == 3  # epochs 0-2 ran out; the 7th batch is the first of epoch 3
+
+
+def test_pseudo_labels_keep_the_most_confident_of_each_predicted_class():
+    """Class-balanced: share × candidates / C rows per class, the most confident first; labelled rows never."""
+    pred = torch.tensor([0, 0, 0, 1, 1, 1, 0, 1])
+    conf = torch.tensor([0.9, 0.2, 0.8, 0.1, 0.7, 0.3, 1.0, 1.0])
+    candidates = torch.arange(6)  # rows 6 and 7 are labelled: not candidates, however confident
+    rows = pseudo_labels.confident_rows(pred, conf, candidates, share=0.7, num_classes=2)
+    assert rows.tolist() == [0, 2, 4, 5]  # 0.7 × 6 // 2 = 2 per class
+    assert pseudo_labels.confident_rows(pred, conf, candidates, share=0.1, num_classes=2).numel() == 0
