@@ -59,10 +59,11 @@ def _fails(capsys, args: list[str], *needles: str, entry=main) -> str:
 
 
 CASES = {  # name: (extra fit arguments for the quickstart config, words the message must contain)
-    "unknown model key": (["--model.widht", "8"], ["widht"]),
-    "unknown data key": (["--data.batch_sise", "8"], ["batch_sise"]),
-    "unknown augment key": (["--data.augment.crop_sise", "8"], ["crop_sise"]),
-    "abbreviated key": (["--trainer.max_epoch", "1"], ["unrecognized", "--trainer.max_epoch"]),
+    "unknown model key": (["--model.widht", "8"], ["model.widht", "wcl.WCL", "did you mean model.width?"]),
+    "unknown data key": (["--data.batch_sise", "8"], ["data.batch_sise", "did you mean data.batch_size?"]),
+    "unknown augment key": (["--data.augment.crop_sise", "8"], ["data.augment.crop_sise",
+                                                                "did you mean data.augment.crop_size?"]),
+    "abbreviated key": (["--trainer.max_epoch", "1"], ["trainer.max_epoch", "did you mean trainer.max_epochs?"]),
     "wrong type": (["--data.batch_size", "many"], ["batch_size", "many"]),
     "unknown backbone": (["--model.backbone", "resnet7"], ["backbone", "resnet7"]),
     "temperature 0": (["--model.temperature", "0"], ["model.temperature"]),
@@ -471,6 +472,31 @@ def test_settings_that_quietly_waste_a_run_get_one_warning_line_each(capsys, tmp
     assert "model.warmup_epochs 3" in warnings[0] and "(1 epoch)" in warnings[0]
     assert "model.knn_every_n_epochs is 0" in warnings[1] and "off" in warnings[1]
     assert "no val/" in warnings[2] and str(tmp_path / "data") in warnings[2]
+
+
+@pytest.mark.parametrize("section", ["trainer", "model"])
+def test_unknown_key_in_a_config_file_names_the_file(section, capsys, tmp_path):
+    overlay = tmp_path / "mine.yaml"
+    overlay.write_text({"trainer": "trainer:\n  max_epoch: 1\n",
+                        "model": "model:\n  init_args:\n    temprature: 0.2\n"}[section])
+    key, close = {"trainer": ("trainer.max_epoch", "trainer.max_epochs"),
+                  "model": ("model.temprature", "model.temperature")}[section]
+    _fails(capsys, ["fit", "--config", QUICK, "--config", str(overlay), *TINY], f"{key} (set in {overlay})",
+           f"did you mean {close}?")
+
+
+def test_config_that_is_a_folder_or_missing(capsys, tmp_path):
+    _fails(capsys, ["fit", "--config", str(ROOT / "configs" / "linear"), *TINY], "is a folder",
+           f"--config {ROOT / 'configs' / 'linear' / 'cifar10.yaml'}")
+    _fails(capsys, ["fit", "--config", str(tmp_path / "nope.yaml"), *TINY], f"the config {tmp_path / 'nope.yaml'} "
+           "does not exist", "wcl:quickstart")
+
+
+def test_config_given_as_text_on_the_command_line_is_read(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", QUICK, "--config", "trainer: {max_epochs: 3}", "--print_config"])
+    assert exc.value.code in (0, None)
+    assert "max_epochs: 3" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("content", ["", "# only a comment\n", "- a\n- list\n"], ids=["empty", "comment", "list"])

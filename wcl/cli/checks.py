@@ -26,8 +26,16 @@ def check_config_files(args: list[str]) -> None:
     line."""
     loaded = []
     for path in config_files(args):
+        if Path(path).is_dir():
+            inside = sorted(p.name for p in Path(path).glob("*.yaml"))
+            example = f"{Path(path) / inside[0]}" if inside else "configs/quickstart.yaml"
+            raise ConfigError(f"--config {path} is a folder{f' (of {len(inside)} YAML files)' if inside else ''}; "
+                              f"give one config file, e.g. --config {example}.")
         if not Path(path).is_file():
-            continue  # jsonargparse says it
+            if ":" in path:  # `key: value` text: a config jsonargparse reads from the command line itself
+                continue
+            raise ConfigError(f"the config {path} does not exist; give a YAML file (e.g. configs/quickstart.yaml) "
+                              "or a recipe shipped with wcl (e.g. wcl:quickstart).")
         try:
             cfg = yaml.safe_load(Path(path).read_text())
         except yaml.YAMLError as err:

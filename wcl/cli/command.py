@@ -45,6 +45,7 @@ class WCLCLI(PrivateHooks, LightningCLI):
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         parser = super().init_parser(**kwargs)
         parser.subcommand = self._named_subcommand or "fit"  # for its help pointer
+        messages.Parser.given_args = self._args  # for the config file an unknown key came from
         return parser
 
     def setup_parser(self, add_subcommands: bool, *args: Any) -> None:

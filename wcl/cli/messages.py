@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import logging
 import os
 import re
@@ -14,6 +17,7 @@ from typing import Any, NoReturn
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser
 
+from wcl.cli.run_folder import config_files
 from wcl.constraints import DESCRIPTIONS, restriction_text
 from wcl.distributed import lost_peer
 from wcl.errors import WCLError
@@ -27,6 +31,8 @@ class Parser(LightningArgumentParser):
     with parse errors in one line: what is wrong, and which help page lists the keys of ``subcommand``."""
 
     subcommand = "fit"
+    # The command line being parsed, shared with the subcommands' parsers (jsonargparse builds those): set by WCLCLI.
+    given_args: list[str] = []
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("prog", PROG)
@@ -35,8 +41,79 @@ class Parser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # jsonargparse tries alternatives (union types) by catching these
             super().error(message, ex)
-        sys.stderr.write(f"wcl: error: {one_line(str(message))} ({help_pointer(str(message), self.subcommand)})\n")
+        text = unknown_key(str(message), Parser.given_args) or one_line(str(message))
+        sys.stderr.write(f"wcl: error: {text} ({help_pointer(str(message), self.subcommand)})\n")
         sys.exit(2)
+
+
+def unknown_key(message: str, args: list[str]) -> str | None:
+    """A jsonargparse message about a key that no class takes, as the whole key, the config file that sets it (when
+    one of ``args``' ``--config`` files does) and the closest key the class takes: ``trainer.max_epoch (set in
+    overlay.yaml) is not a key of lightning.pytorch.Trainer; did you mean trainer.max_epochs?``. ``None`` for any
+    other message."""
+    from lightning.pytorch import Trainer
+
+    owner: Any = None
+    named = "lightning.pytorch.Trainer"
+    if found := re.match(r"Subcommand '\w+' does not accept option '([\w.]+)'", message):
+        key = found[1]
+    elif found := re.match(r"unrecognized arguments: --([\w.]+)", message):
+        key = found[1]
+    elif found := re.search(r"Option '(\w+)' is not accepted", message):
+        classes = re.findall(r"class_path '([\w.]+)'", message[:found.start()])
+        outer = one_line(message).split(":", 1)[0]  # the key of the class that refused it: model, data.augment
+        key, owner = f"{outer}.{found[1]}", _class(classes[-1]) if classes else None
+        named = classes[-1] if classes else ""
+    else:
+        return None
+    if owner is None and key.startswith("trainer.") and key.count(".") == 1:
+        owner = Trainer
+    if owner is None:
+        return None
+    prefix, name = key.rsplit(".", 1)
+    close = difflib.get_close_matches(name, _init_keys(owner), n=1)
+    where = next((f" (set in {path})" for path in config_files(args) if _sets(path, key.split("."))), "")
+    hint = f"; did you mean {prefix}.{close[0]}?" if close else ""
+    return f"{key}{where} is not a key of {named}{hint}"
+
+
+def _class(path: str) -> type | None:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+def _init_keys(cls: type) -> list[str]:
+    """The keyword arguments of ``cls.__init__``, with its bases' where it passes ``**kwargs`` on."""
+    keys: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]
+        keys += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return keys
+
+
+def _sets(path: str, keys: list[str]) -> bool:
+    """Whether the YAML file at ``path`` sets the dotted key ``keys`` (a class's arguments under ``init_args`` or
+    directly)."""
+    import yaml
+
+    try:
+        node: Any = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    for key in keys:
+        if isinstance(node, dict) and key not in node and isinstance(node.get("init_args"), dict):
+            node = node["init_args"]
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 def help_pointer(message: str, subcommand: str) -> str:
