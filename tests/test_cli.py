@@ -208,6 +208,36 @@ def test_model_and_data_help_end_with_what_the_configs_set(capsys):
     assert "\n  --data.train_per_class 1000\n" in tail and "\n  --data.augment.mean [0.4914, 0.4822, 0.4465]\n" in tail
 
 
+def test_bare_model_and_data_help_show_the_configs_classes(capsys):
+    """``--model.help`` without a class shows the keys of the class the configs name (else wcl.WCL), not an empty
+    page of LightningModule's."""
+    for args, shown, key in ((["--config", str(ROOT / "configs" / "linear" / "quickstart.yaml"), "--model.help"],
+                              "Help for --model.help=wcl.LinearProbe", "--model.lr"),
+                             (["--model.help"], "Help for --model.help=wcl.WCL", "--model.temperature"),
+                             (["--config", str(ROOT / "configs" / "quickstart.yaml"), "--data.help"],
+                              "Help for --data.help=wcl.WCLDataModule", "--data.batch_size")):
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", *args])
+        assert exc.value.code in (0, None)
+        out = capsys.readouterr().out
+        assert shown in out and key in out, out[:500]
+
+
+def test_help_into_a_closed_pipe_stops_without_a_traceback():
+    """``python -m wcl fit --data.help | head -1`` where the reader has left before the page ends: exit 141
+    (SIGPIPE's), nothing on stderr."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # every write to stdout fails, as after `head` has read its line and exited
+    try:
+        proc = subprocess.run([sys.executable, "-m", "wcl", "fit", "--config", "configs/quickstart.yaml",
+                               "--data.help"], cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize(("configs", "extra", "folder"), [
     (["quickstart.yaml"], [], "runs/quickstart"),
     (["quickstart.yaml", "multicrop.yaml"], [], "runs/quickstart+multicrop"),

@@ -14,7 +14,7 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 from wcl.cli.messages import note
-from wcl.cli.run_folder import config_files
+from wcl.cli.run_folder import config_files, config_section
 from wcl.errors import ConfigError
 
 
@@ -52,7 +52,7 @@ def check_config_files(args: list[str]) -> None:
                               "configs/quickstart.yaml), or leave it off the command line.")
         loaded.append((path, cfg))
     for section in ("model", "data"):
-        parts = [(path, _section(path, c, section)) for path, c in loaded]
+        parts = [(path, config_section(path, c, section)) for path, c in loaded]
         named = [i for i, (_, part) in enumerate(parts) if isinstance(part, dict) and "class_path" in part]
         for i, (path, part) in enumerate(parts):
             if isinstance(part, dict) and "class_path" not in part and named and named[0] > i:
@@ -68,17 +68,6 @@ def check_config_files(args: list[str]) -> None:
                                       f"{other}, which would keep {first}'s {section} arguments of the same names; "
                                       f"give one recipe (--config {path} without {base}), or later configs that "
                                       "change only init_args (no class_path).")
-
-
-def _section(path: str, cfg: dict[str, Any], section: str) -> Any:
-    """``cfg[section]``, read from the file it names where it is one (``data: data.yaml``, beside the config)."""
-    part = cfg.get(section)
-    if isinstance(part, str) and part.endswith((".yaml", ".yml")):
-        try:
-            return yaml.safe_load((Path(path).parent / part).read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            return part  # jsonargparse says what is wrong with it
-    return part
 
 
 def _is_int(v: Any) -> bool:

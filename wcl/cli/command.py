@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,8 @@ class WCLCLI(PrivateHooks, LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if not isinstance(args, dict | Namespace):
             checks.check_config_files(self._args)
-        if isinstance(args, list | tuple | None) and (named := run_folder.with_run_folder(self._args)) != self._args:
+        named = help_pages.with_help_class(run_folder.with_run_folder(self._args))
+        if isinstance(args, list | tuple | None) and named != self._args:
             # an overlay run's own folder (it shows in --print_config and the saved config.yaml); arguments that came
             # from the command line stay there, so LightningCLI does not warn of both args and sys.argv
             if args is None:
@@ -165,6 +167,9 @@ def main(args: list[str] | None = None) -> None:
                                  for name in WCLCLI.subcommands()}})
     except SIGTERMException as stop:  # SIGTERM or Ctrl-C: last.ckpt was saved; a non-zero exit stops `fit && probe`
         sys.exit(128 + int(getattr(stop, "signum", 15)))
+    except BrokenPipeError:  # the reader of stdout stopped (`| head`): stop without a traceback, as a SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush of stdout fails otherwise
+        sys.exit(128 + signal.SIGPIPE)
     except Exception as err:
         if (lost := messages.lost_rank(err)) is not None:
             print(f"wcl: error: {lost}", file=sys.stderr, flush=True)

@@ -9,7 +9,7 @@ from typing import Any
 from jsonargparse import Namespace
 
 from wcl.cli.messages import PROG
-from wcl.cli.run_folder import config_files, is_group_help
+from wcl.cli.run_folder import class_path_of, config_files, is_group_help
 
 DESCRIPTION = ("wcl: Weakly Supervised Contrastive Learning (Zheng et al., ICCV 2021). Pretrain with `fit`, evaluate "
                "with `validate` (kNN, linear probe, fine-tuning), embed images with `predict`; every run is a "
@@ -56,6 +56,18 @@ def _flat(values: Namespace | dict, prefix: str = "") -> dict[str, Any]:
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
+    return out
+
+
+def with_help_class(args: list[str]) -> list[str]:
+    """A bare ``--model.help`` / ``--data.help`` (no class after it) names the class the ``--config`` files set, else
+    ``wcl.WCL`` / ``wcl.WCLDataModule``, so the page lists that class's keys (jsonargparse's own page for the bare
+    flag is LightningModule's, with none)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        for group, default in (("model", "wcl.WCL"), ("data", "wcl.WCLDataModule")):
+            if arg == f"--{group}.help" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+                out[i] = f"--{group}.help={class_path_of(config_files(args), group) or default}"
     return out
 
 

@@ -41,6 +41,33 @@ def root_dir_of(path: str) -> str | None:
     return str(root) if root else None
 
 
+def config_section(path: str, cfg: dict, section: str) -> object:
+    """``cfg[section]`` of the config file at ``path``, read from the file it names where it is one (``data:
+    data.yaml``, beside the config)."""
+    part = cfg.get(section)
+    if isinstance(part, str) and part.endswith((".yaml", ".yml")):
+        try:
+            return yaml.safe_load((Path(path).parent / part).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return part  # jsonargparse says what is wrong with it
+    return part
+
+
+def class_path_of(files: list[str], section: str) -> str | None:
+    """The ``class_path`` of ``section`` (``model`` / ``data``) that the last of the config ``files`` naming one
+    sets; ``None`` when none does."""
+    found = None
+    for path in files:
+        try:
+            cfg = yaml.safe_load(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        part = config_section(path, cfg, section) if isinstance(cfg, dict) else None
+        if isinstance(part, dict) and isinstance(part.get("class_path"), str):
+            found = part["class_path"]
+    return found
+
+
 def is_group_help(arg: str, group: str | None = None) -> bool:
     """``--model.help`` / ``--model.help=CLASS`` (of ``group``, or of any group)."""
     name = arg.split("=", 1)[0]
