@@ -193,9 +193,7 @@ def main() -> None:
     p.add_argument("--report", action="store_true", help="print the finished runs only; train nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args()
-    quality.ROOT = str(Path(args.root).resolve())
-    if not (Path(args.root) / "test").is_dir():
-        raise SystemExit(f"CIFAR-10 not found under {args.root} (ImageFolder train/ and test/).")
+    quality.use_root(args.root)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.epochs, args.seeds, args.probe_epochs, args.finetune_epochs = 1, args.seeds[:1], 2, 1

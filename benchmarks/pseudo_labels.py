@@ -167,9 +167,7 @@ def main() -> None:
     p.add_argument("--root", default=str(quality.CIFAR10), help="CIFAR-10 ImageFolder tree (train/, test/)")
     p.add_argument("--quick", action="store_true", help="smoke run: 64 images/class, 1 pretraining epoch")
     args = p.parse_args()
-    quality.ROOT = str(Path(args.root).resolve())
-    if not (Path(args.root) / "test").is_dir():
-        raise SystemExit(f"CIFAR-10 not found under {args.root} (ImageFolder train/ and test/).")
+    quality.use_root(args.root)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.epochs, args.finetune_epochs = 1, 1

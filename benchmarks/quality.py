@@ -53,6 +53,15 @@ DATA_CONFIG = REPO / "configs" / "cpu_proxy" / "data.yaml"
 ROOT = str(CIFAR10)
 
 
+def use_root(root: str) -> None:
+    """Reads CIFAR-10 from ``root`` (an ImageFolder tree with train/ and test/) from now on; a root without test/
+    stops the benchmark with one line."""
+    global ROOT
+    ROOT = str(Path(root).resolve())
+    if not (Path(ROOT) / "test").is_dir():
+        raise SystemExit(f"CIFAR-10 not found under {root} (ImageFolder train/ and test/).")
+
+
 def data_args(quick: bool) -> dict:
     """init_args of the protocol's data module (the same file the training configs use), at ``ROOT``."""
     args = {**yaml.safe_load(DATA_CONFIG.read_text())["init_args"], "root": ROOT}
@@ -192,7 +201,6 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    global ROOT
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     p.add_argument("--epochs", type=int, nargs="+", default=[30])
@@ -209,9 +217,7 @@ def main() -> None:
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                    help="further `python -m wcl fit` arguments for the wcl methods (ablations)")
     args = p.parse_args()
-    ROOT = str(Path(args.root).resolve())
-    if not (Path(data_args(False)["root"]) / "test").is_dir():
-        raise SystemExit(f"CIFAR-10 not found under {data_args(False)['root']} (ImageFolder train/ and test/).")
+    use_root(args.root)
     torch.set_num_threads(args.threads)
     if args.quick:
         args.epochs, args.seeds, args.probe_epochs = [1], args.seeds[:1], 2
