@@ -14,10 +14,11 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser
 
-from wcl.cli.run_folder import config_files
+from wcl.cli.run_folder import config_files, config_section
 from wcl.constraints import DESCRIPTIONS, restriction_text
 from wcl.distributed import lost_peer
 from wcl.errors import WCLError
@@ -54,7 +55,7 @@ def unknown_key(message: str, args: list[str]) -> str | None:
     from lightning.pytorch import Trainer
 
     owner: Any = None
-    named = "lightning.pytorch.Trainer"
+    named = "lightning.pytorch.Trainer"  # the class the key was given to, as a config names it
     if found := re.match(r"Subcommand '\w+' does not accept option '([\w.]+)'", message):
         key = found[1]
     elif found := re.match(r"unrecognized arguments: --([\w.]+)", message):
@@ -100,14 +101,15 @@ def _init_keys(cls: type) -> list[str]:
 
 def _sets(path: str, keys: list[str]) -> bool:
     """Whether the YAML file at ``path`` sets the dotted key ``keys`` (a class's arguments under ``init_args`` or
-    directly)."""
-    import yaml
-
+    directly; a section may be a file it names)."""
     try:
-        node: Any = yaml.safe_load(Path(path).read_text())
+        cfg = yaml.safe_load(Path(path).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
-    for key in keys:
+    if not isinstance(cfg, dict) or keys[0] not in cfg:
+        return False
+    node = config_section(path, cfg, keys[0])
+    for key in keys[1:]:
         if isinstance(node, dict) and key not in node and isinstance(node.get("init_args"), dict):
             node = node["init_args"]
         if not isinstance(node, dict) or key not in node:
