@@ -3,7 +3,6 @@ accelerator, the callbacks, a resumed checkpoint against the config, and the run
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
 from wcl.cli.messages import note
-from wcl.cli.run_folder import config_files, config_section
+from wcl.cli.run_folder import config_files, config_section, resolve_class
 from wcl.errors import ConfigError
 
 
@@ -226,21 +225,13 @@ def check_callbacks(callbacks: list[Any]) -> None:
         seen[key] = cb
 
 
-def _resolve(class_path: str) -> type | None:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
 def _same_class(a: Any, b: Any) -> bool:
     """Two ``class_path`` values name one class (``wcl.WCL`` and ``wcl.module.WCL`` alike)."""
     if a == b:
         return True
     if not isinstance(a, str) or not isinstance(b, str):
         return False
-    found = _resolve(a), _resolve(b)
+    found = resolve_class(a), resolve_class(b)
     return found[0] is not None and found[0] is found[1]
 
 
@@ -259,7 +250,7 @@ def check_resume(model: LightningModule, path: str | Path, with_changes: bool) -
     ckpt = read_checkpoint(path, "--ckpt_path")
     saved = ckpt.get("hyper_parameters", {})
     saved_class, mine = saved.get("_class_path"), type(model)
-    if saved_class is not None and _resolve(saved_class) is not mine:
+    if saved_class is not None and resolve_class(saved_class) is not mine:
         raise ConfigError(
             f"--ckpt_path {path} holds a {saved_class} run, but this config runs {mine.__name__}; --ckpt_path only "
             f"resumes the same run. To evaluate or fine-tune a pretrained checkpoint, pass --model.checkpoint "

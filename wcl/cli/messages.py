@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import logging
 import os
@@ -14,11 +13,10 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
-import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser
 
-from wcl.cli.run_folder import config_files, config_section
+from wcl.cli.run_folder import config_files, config_section, load_config, resolve_class
 from wcl.constraints import DESCRIPTIONS, restriction_text
 from wcl.distributed import lost_peer
 from wcl.errors import WCLError
@@ -52,23 +50,20 @@ def unknown_key(message: str, args: list[str]) -> str | None:
     one of ``args``' ``--config`` files does) and the closest key the class takes: ``trainer.max_epoch (set in
     overlay.yaml) is not a key of lightning.pytorch.Trainer; did you mean trainer.max_epochs?``. ``None`` for any
     other message."""
-    from lightning.pytorch import Trainer
-
-    owner: Any = None
-    named = "lightning.pytorch.Trainer"  # the class the key was given to, as a config names it
-    if found := re.match(r"Subcommand '\w+' does not accept option '([\w.]+)'", message):
-        key = found[1]
-    elif found := re.match(r"unrecognized arguments: --([\w.]+)", message):
-        key = found[1]
+    if found := (re.match(r"Subcommand '\w+' does not accept option '([\w.]+)'", message)
+                 or re.match(r"unrecognized arguments: --([\w.]+)", message)):
+        key, named = found[1], "lightning.pytorch.Trainer"
+        if not (key.startswith("trainer.") and key.count(".") == 1):
+            return None
     elif found := re.search(r"Option '(\w+)' is not accepted", message):
         classes = re.findall(r"class_path '([\w.]+)'", message[:found.start()])
+        if not classes:
+            return None
         outer = one_line(message).split(":", 1)[0]  # the key of the class that refused it: model, data.augment
-        key, owner = f"{outer}.{found[1]}", _class(classes[-1]) if classes else None
-        named = classes[-1] if classes else ""
+        key, named = f"{outer}.{found[1]}", classes[-1]
     else:
         return None
-    if owner is None and key.startswith("trainer.") and key.count(".") == 1:
-        owner = Trainer
+    owner = resolve_class(named)
     if owner is None:
         return None
     prefix, name = key.rsplit(".", 1)
@@ -76,14 +71,6 @@ def unknown_key(message: str, args: list[str]) -> str | None:
     where = next((f" (set in {path})" for path in config_files(args) if _sets(path, key.split("."))), "")
     hint = f"; did you mean {prefix}.{close[0]}?" if close else ""
     return f"{key}{where} is not a key of {named}{hint}"
-
-
-def _class(path: str) -> type | None:
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
 
 
 def _init_keys(cls: type) -> list[str]:
@@ -102,10 +89,7 @@ def _init_keys(cls: type) -> list[str]:
 def _sets(path: str, keys: list[str]) -> bool:
     """Whether the YAML file at ``path`` sets the dotted key ``keys`` (a class's arguments under ``init_args`` or
     directly; a section may be a file it names)."""
-    try:
-        cfg = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
+    cfg = load_config(path)
     if not isinstance(cfg, dict) or keys[0] not in cfg:
         return False
     node = config_section(path, cfg, keys[0])

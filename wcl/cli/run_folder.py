@@ -3,9 +3,10 @@ no fresh fit over an earlier run's checkpoints, and every output folder writable
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import yaml
 from lightning.pytorch import Trainer
@@ -30,15 +31,30 @@ def config_files(args: list[str]) -> list[str]:
 def root_dir_of(path: str) -> str | None:
     """``trainer.default_root_dir`` of one config file (set in itself or in a trainer file it names), if it sets one.
     Read from the file: the parsed config holds the merged value, not which file set it."""
-    try:
-        cfg = yaml.safe_load(Path(path).read_text()) or {}
-        trainer = cfg.get("trainer") if isinstance(cfg, dict) else None
-        if isinstance(trainer, str):
-            trainer = yaml.safe_load((Path(path).parent / trainer).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
+    cfg = load_config(path)
+    trainer = cfg.get("trainer") if isinstance(cfg, dict) else None
+    if isinstance(trainer, str):
+        trainer = load_config(str(Path(path).parent / trainer))
     root = trainer.get("default_root_dir") if isinstance(trainer, dict) else None
     return str(root) if root else None
+
+
+def load_config(path: str) -> Any:
+    """The YAML of the config file at ``path``; ``None`` where it cannot be read or parsed (the checks before parsing
+    say why, :func:`wcl.cli.checks.check_config_files`)."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def resolve_class(class_path: str) -> type | None:
+    """The class a config's ``class_path`` names (``wcl.WCL``), or ``None`` where there is none."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
 
 
 def config_section(path: str, cfg: dict, section: str) -> object:
@@ -58,10 +74,7 @@ def class_path_of(files: list[str], section: str) -> str | None:
     sets; ``None`` when none does."""
     found = None
     for path in files:
-        try:
-            cfg = yaml.safe_load(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            continue
+        cfg = load_config(path)
         part = config_section(path, cfg, section) if isinstance(cfg, dict) else None
         if isinstance(part, dict) and isinstance(part.get("class_path"), str):
             found = part["class_path"]
