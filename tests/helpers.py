@@ -14,9 +14,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from lightning.pytorch import Callback
 
 from wcl.callbacks import KnnMultiCrop
+from wcl.callbacks.multicrop import neighbor_table
 from wcl.distributed import destroy_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,3 +143,16 @@ class WaitAtStep(Callback):
             deadline = time.monotonic() + self.timeout
             while self.marker.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
+
+
+def whole_image_table(model: torch.nn.Module, dm: Any, k: int) -> torch.Tensor:
+    """The k-NN table of every pretraining image's eval-mode feature (evaluation transform), in one process."""
+    model.eval()
+    index, feats = [], []
+    with torch.no_grad():
+        for batch in dm.eval_loader("pretrain"):
+            batch = dm.on_after_batch_transfer(batch, 0)
+            index.append(batch["index"])
+            feats.append(F.normalize(model(batch["image"]), dim=1).half())
+    n = len(dm.source.pretrain)
+    return neighbor_table(torch.cat(index), torch.cat(feats), torch.arange(n)[:, None].repeat(1, k), k)

@@ -244,6 +244,27 @@ def test_cli_ddp_ranks_share_one_neighbour_table(tmp_path):
     assert [int((dump / f"rank{r}_checked.txt").read_text()) for r in (0, 1)] == [2, 2]
 
 
+@pytest.mark.slow
+def test_cli_ddp_whole_image_features_give_the_table_of_one_process(tmp_path):
+    """``features: eval`` under 2-process DDP: each rank embeds its share of the images, and the table is the one a
+    single process computes from the checkpoint's weights (BatchNorm statistics included)."""
+    from tests.helpers import whole_image_table
+    from wcl import WCL, WCLDataModule
+
+    proc = _ddp_cli(
+        tmp_path, "--config", "configs/multicrop.yaml", "--trainer.callbacks.features", "eval",
+        "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "0", "--data.train_per_class", "8",
+        "--data.num_workers", "0",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(next(tmp_path.rglob("last.ckpt")), weights_only=False)
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("KnnMultiCrop"))
+    dm = WCLDataModule(dataset="bundled", train_per_class=8, num_workers=0, in_memory=True, augment_on="device")
+    dm.setup("fit")
+    model = WCL.load_from_checkpoint(next(tmp_path.rglob("last.ckpt")), map_location="cpu")
+    assert torch.equal(state["searched"], whole_image_table(model, dm, 5))
+
+
 @pytest.mark.parametrize("text,backend", [
     # gloo (its tcp pair's texts; tests/test_launch.py kills a rank of a real 2-process run for the whole path)
     ("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:38071", "gloo"),

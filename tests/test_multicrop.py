@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
 
+from tests.helpers import whole_image_table
 from wcl import WCL, WCLDataModule
 from wcl.callbacks import FeatureBank, KnnMultiCrop
 from wcl.callbacks.multicrop import neighbor_table
@@ -169,6 +170,32 @@ def test_each_epoch_uses_the_new_table_and_checkpoints_keep_it(tmp_path, path):
     bank = state["bank"]  # saved after the epoch's table: its features were used up
     assert bank["epoch"] == 2 and bank["rows"] == 0 and bank["features"].shape == (0, 32)  # ResNet-18 width 4
     assert trainer.callback_metrics["multicrop/neighbor_purity"] >= 0
+
+
+class _TrainMode(Callback):
+    """Counts the training batches that find the module in training mode."""
+
+    def __init__(self) -> None:
+        self.training = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.training.append(pl_module.training and pl_module.backbone.training)
+
+
+@pytest.mark.parametrize("path", [dict(num_workers=0), dict(num_workers=0, augment_on="device", in_memory="device")])
+def test_eval_features_search_the_whole_images(tmp_path, path):
+    dm = WCLDataModule(batch_size=10, train_per_class=4, val_per_class=1, num_small_crops=2, small_crop_size=16,
+                       **path)
+    mode, knn = _TrainMode(), KnnMultiCrop(k=3, backend="torch", features="eval")
+    trainer = Trainer(accelerator="cpu", max_epochs=2, default_root_dir=tmp_path, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                      callbacks=[mode, knn])
+    model = WCL(**TINY, knn_every_n_epochs=0)
+    trainer.fit(model, dm)
+    assert mode.training == [True] * 8  # the pass after epoch 0 hands the module back in training mode
+    # the last table is searched with the final weights: the same as the whole images' table computed here
+    assert torch.equal(knn.searched, whole_image_table(model, dm, 3))
+    assert trainer.callback_metrics["multicrop/eval_pass_seconds"] > 0
 
 
 def test_callback_is_idle_without_neighbour_crops(tmp_path):

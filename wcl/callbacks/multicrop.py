@@ -2,12 +2,14 @@
 
 During epoch e each rank keeps the L2-normalized backbone feature ``h`` of the first view of every sample its
 loader gives it, as ``training_step`` returns it (no extra forward pass), in its own :class:`FeatureBank` on its
-training device: a step writes B rows there and nothing else (no collective, no host copy). After the epoch's last
-batch — before validation and before any checkpoint of the epoch — the ranks find every sample's K nearest
-neighbours together (:func:`neighbor_table`: each rank scores every query against its own rows, the top-k lists are
-merged), every rank ends with the same N × K table, and :meth:`KnnMultiCrop._publish` writes it into the
-shared-memory :class:`~wcl.data.crops.NeighborTable` its data module reads: each low-resolution crop of sample i in
-epoch e+1 is cut from an image drawn from i's K neighbours.
+training device: a step writes B rows there and nothing else (no collective, no host copy). With ``features: eval``
+the bank is filled instead after the epoch's last batch, by one no-grad pass in eval mode over this rank's share of
+the pretraining images with the evaluation transform. After the epoch's last batch — before validation and before
+any checkpoint of the epoch — the ranks find every sample's K nearest neighbours together (:func:`neighbor_table`:
+each rank scores every query against its own rows, the top-k lists are merged), every rank ends with the same N × K
+table, and :meth:`KnnMultiCrop._publish` writes it into the shared-memory :class:`~wcl.data.crops.NeighborTable` its
+data module reads: each low-resolution crop of sample i in epoch e+1 is cut from an image drawn from i's K
+neighbours.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
@@ -131,12 +134,19 @@ class KnnMultiCrop(Callback):
         rule: which of the K neighbours a crop may be cut from (:func:`wcl.data.crops.restrict_neighbors`, reading
             no labels): ``all`` (the paper), ``reciprocal``, ``stable`` (also among the previous epoch's K) or
             ``nearest``; a neighbour the rule drops is replaced by the sample itself.
+        features: what the neighbours are searched with: ``view``, the feature of the sample's first augmented view
+            that the training step computed (no extra pass); ``eval``, the feature of the whole image (evaluation
+            transform, BatchNorm in eval mode with rank 0's statistics) from one no-grad pass over the pretraining
+            images after the epoch's last batch — the neighbours of the image rather than of one random crop of it
+            (its cost: ``multicrop/eval_pass_seconds``).
     """
 
     def __init__(self, k: PositiveInt = 5, backend: KnnBackend = "torch", nprobe: PositiveInt = 16,
-                 save_bank: bool | Literal["auto"] = "auto", rule: NeighborRule = "all") -> None:
+                 save_bank: bool | Literal["auto"] = "auto", rule: NeighborRule = "all",
+                 features: Literal["view", "eval"] = "view") -> None:
         check_constraints(KnnMultiCrop.__init__, locals(), "KnnMultiCrop ")
         self.k, self.backend, self.nprobe, self.save_bank, self.rule = k, backend, nprobe, save_bank, rule
+        self.features = features
         self.table: NeighborTable | None = None
         self.searched: Tensor | None = None  # the last search's table, before the rule
         self.bank: FeatureBank | None = None
@@ -172,7 +182,8 @@ class KnnMultiCrop(Callback):
         self._epoch = trainer.current_epoch
         self.bank = FeatureBank(pl_module.backbone.out_dim, pl_module.device)
         pending, self._pending_bank = self._pending_bank, None
-        if pending is None or int(pending["epoch"]) != trainer.current_epoch or int(pending["rows"]) == 0:
+        if (pending is None or self.features == "eval" or int(pending["epoch"]) != trainer.current_epoch
+                or int(pending["rows"]) == 0):
             return
         if "index" in pending:  # every rank takes every W-th saved row (any split gives the same table)
             w, r, dev = world_size(), rank(), pl_module.device
@@ -189,13 +200,35 @@ class KnnMultiCrop(Callback):
                            batch_idx: int) -> None:
         if not self.active:
             return
-        if self.bank.size == 0 and self.bank.index.shape[0] == 0:  # sized once, for this rank's epoch
-            self.bank.reserve(trainer.num_training_batches * outputs["index"].shape[0])
-        self.bank.write(outputs["index"], outputs["h1"])
+        if self.features == "view":
+            if self.bank.size == 0 and self.bank.index.shape[0] == 0:  # sized once, for this rank's epoch
+                self.bank.reserve(trainer.num_training_batches * outputs["index"].shape[0])
+            self.bank.write(outputs["index"], outputs["h1"])
         if batch_idx + 1 == trainer.num_training_batches:
             self._update(trainer, pl_module)
 
+    @torch.no_grad()
+    def _eval_pass(self, trainer: Trainer, pl_module: LightningModule) -> float:
+        """Fills the bank with this rank's share of the pretraining images seen whole (``features: eval``); returns
+        its seconds. BatchNorm statistics come from rank 0 first, so every rank's features are those of the
+        checkpoint's weights (DDP would broadcast them at the next training step anyway)."""
+        start = time.perf_counter()
+        if world_size() > 1:
+            for buffer in pl_module.buffers():
+                torch.distributed.broadcast(buffer, 0)
+        dm, training = trainer.datamodule, pl_module.training
+        pl_module.eval()
+        try:
+            for batch in dm.eval_loader("pretrain", shard=True):
+                batch = dm.on_after_batch_transfer(move_data_to_device(batch, pl_module.device), 0)
+                with trainer.precision_plugin.forward_context():
+                    self.bank.write(batch["index"], pl_module(batch["image"]))
+        finally:
+            pl_module.train(training)
+        return time.perf_counter() - start
+
     def _update(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        log = {"multicrop/eval_pass_seconds": self._eval_pass(trainer, pl_module)} if self.features == "eval" else {}
         start = time.perf_counter()
         previous = self.searched if self.searched is not None else self.table.table
         searched = neighbor_table(*self.bank.rows(), previous, self.k, self.backend, self.nprobe)
@@ -205,7 +238,7 @@ class KnnMultiCrop(Callback):
         self.searched = searched
         self._publish(table, trainer.current_epoch)
         # Logged per epoch (on_step logging would drop them unless the step hits log_every_n_steps).
-        log = {"multicrop/knn_seconds": seconds}
+        log["multicrop/knn_seconds"] = seconds
         from_neighbor = table != torch.arange(len(table), dtype=table.dtype)[:, None]
         if self.rule != "all":
             log["multicrop/neighbor_share"] = float(from_neighbor.float().mean())

@@ -124,7 +124,7 @@ class ImageData(LightningDataModule):
             settings.setdefault("worker_init_fn", ignore_sigint)
         return DataLoader(ds, batch_size=batch_size, **settings)
 
-    def eval_loader(self, split: Literal["bank", "val"], shard: bool = False) -> Any:
+    def eval_loader(self, split: Literal["pretrain", "bank", "val"], shard: bool = False) -> Any:
         """Evaluation batches ``{"image", "index", "label"}`` of a split (eval transform). Decoding workers
         serve every sample unless ``shard`` asks for this rank's share only (every ``world``-th sample, no padding:
         for evaluations that merge ranks themselves); in-memory images are always served in shares."""
@@ -165,7 +165,7 @@ class ImageData(LightningDataModule):
         return [self._loader(self.eval_samples(ds), self.eval_batch_size, persistent_workers=False)
                 for ds in self.predict_splits().values()]
 
-    def eval_dataset(self, split: Literal["bank", "val"]) -> EvalSamples:
+    def eval_dataset(self, split: Literal["pretrain", "bank", "val"]) -> EvalSamples:
         """A split's samples ``{"image", "index", "label"}`` with the evaluation transform, decoded from files."""
         return self.eval_samples(self.source.split(split))
 

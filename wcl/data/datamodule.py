@@ -147,7 +147,7 @@ class WCLDataModule(ImageData):
             return true, None
         return torch.where(self.known, true, torch.full_like(true, -1)), true
 
-    def eval_dataset(self, split: Literal["bank", "val"]) -> Any:
+    def eval_dataset(self, split: Literal["pretrain", "bank", "val"]) -> Any:
         if split == "bank" and self.known_subset is not None and self.bank == "labelled":
             return self.eval_samples(self.known_subset)
         if split == "bank" and self.known_subset is not None and self.bank == "masked":
@@ -155,7 +155,7 @@ class WCLDataModule(ImageData):
             return self.eval_samples(MaskedLabels(bank, self.known[:len(bank)]))  # type: ignore[arg-type]
         return super().eval_dataset(split)
 
-    def eval_loader(self, split: Literal["bank", "val"], shard: bool = False) -> Any:
+    def eval_loader(self, split: Literal["pretrain", "bank", "val"], shard: bool = False) -> Any:
         if split == "bank" and self.known_subset is not None and self.bank != "all" and self.in_memory:
             pixels = self.source.pixels("bank", self.memory_device(), self.num_workers, self.skipped)
             labels = self.source.labels("bank")
