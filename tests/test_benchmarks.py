@@ -8,6 +8,7 @@ import torch
 from wcl import WCLDataModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import neighbor_rules  # noqa: E402
 import pseudo_labels  # noqa: E402
 import throughput  # noqa: E402
 
@@ -30,3 +31,18 @@ def test_pseudo_labels_keep_the_most_confident_of_each_predicted_class():
     rows = pseudo_labels.confident_rows(pred, conf, candidates, share=0.7, num_classes=2)
     assert rows.tolist() == [0, 2, 4, 5]  # 0.7 × 6 // 2 = 2 per class
     assert pseudo_labels.confident_rows(pred, conf, candidates, share=0.1, num_classes=2).numel() == 0
+
+
+def test_neighbor_rules_share_and_purity_on_a_hand_made_example():
+    """4 images, K = 1: the views' nearest neighbours are 0↔1 and 2↔3 in view 1; view 2 and the whole images
+    point elsewhere for some of them."""
+    view1 = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    view2 = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [-0.6, 0.8]])  # 1 → 2, 2 → 1 here
+    whole = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6], [-0.6, 0.8]])  # 0 → 2, 1 → 3, 2 → 0, 3 → 1
+    labels = torch.tensor([0, 0, 1, 0])
+    stats = neighbor_rules.rule_stats(view1, view2, whole, labels, k=1, floors=(0.9,))
+    assert stats["view all"] == {"share": 1.0, "purity": 0.5}  # 0→1, 1→0 right; 2→3, 3→2 wrong
+    assert stats["view two_views"] == {"share": 0.5, "purity": 0.5}  # 0→1 and 3→2 are in both views' tables
+    # neighbour similarity 0.8 against the own views' 1.0, 1.0, 0.8, 1.0: only 2 keeps its (wrong) neighbour
+    assert stats["view floor 0.9"] == {"share": 0.25, "purity": 0.0}
+    assert stats["eval all"] == {"share": 1.0, "purity": 0.5}  # 1→3 and 3→1 right
