@@ -76,6 +76,40 @@ def pretrain(method: str, fraction: float, epochs: int, seed: int, args: argpars
     return ckpt
 
 
+def eval_data(quick: bool) -> dict:
+    """The evaluations' data-module arguments: the protocol's dataset, root, sizes, workers and augmentations."""
+    from wcl.data import Augmentations
+
+    data = quality.data_args(quick)
+    keys = ("dataset", "root", "train_per_class", "val_per_class", "eval_batch_size", "num_workers")
+    return {**{k: data.get(k) for k in keys}, "augment": Augmentations(**data["augment"])}
+
+
+def quiet(root: Path) -> dict:
+    """Trainer options of the evaluations: no logger, progress bar, summary or checkpoint; files under ``root``."""
+    return {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "auto",
+            "devices": 1, "enable_checkpointing": False, "num_sanity_val_steps": 0, "default_root_dir": str(root)}
+
+
+def finetune_batch_size() -> int:
+    return yaml.safe_load(FINETUNE.read_text())["data"]["init_args"]["batch_size"]
+
+
+def finetune(ckpt: Path, dm, seed: int, epochs: int, root: Path):
+    """The shipped fine-tune recipe (:data:`FINETUNE`) from ``ckpt`` on ``dm``'s training images, seeded with
+    ``seed``: (the fine-tuned model, its val top-1 after the last epoch)."""
+    from lightning.pytorch import Trainer, seed_everything
+
+    from wcl import FineTune
+
+    seed_everything(seed, verbose=False)
+    hp = {k: v for k, v in yaml.safe_load(FINETUNE.read_text())["model"]["init_args"].items() if k != "checkpoint"}
+    model = FineTune(str(ckpt), num_classes=dm.num_classes, **hp)
+    trainer = Trainer(**quiet(root), max_epochs=epochs, check_val_every_n_epoch=epochs)
+    trainer.fit(model, dm)
+    return model, float(trainer.callback_metrics["val/top1"])
+
+
 def evaluate(ckpt: Path, fraction: float, seed: int, args: argparse.Namespace, root: Path,
              scores: tuple[str, ...]) -> dict[str, float]:
     """The ``scores`` of a checkpoint (kNN with the labelled bank, linear probe, fine-tuning, label propagation),
@@ -83,52 +117,39 @@ def evaluate(ckpt: Path, fraction: float, seed: int, args: argparse.Namespace, r
     ``labelled_subset.txt``) goes under ``root``."""
     from lightning.pytorch import Trainer, seed_everything
 
-    from wcl import FineTune, KNNEval, LabelledDataModule, LinearProbe, PropagationEval, WCLDataModule
-    from wcl.data import Augmentations
+    from wcl import KNNEval, LabelledDataModule, LinearProbe, PropagationEval, WCLDataModule
 
-    data = quality.data_args(args.quick)
-    aug = Augmentations(**data.pop("augment"))
-    common = {k: data.get(k) for k in ("dataset", "root", "train_per_class", "val_per_class", "eval_batch_size",
-                                       "num_workers")}
-    labels = {"label_fraction": fraction, "seed": seed}
-    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "auto",
-             "devices": 1, "enable_checkpointing": False, "num_sanity_val_steps": 0,
-             "default_root_dir": str(root)}
+    data = {**eval_data(args.quick), "label_fraction": fraction, "seed": seed}
+    options = quiet(root)
     out: dict[str, float] = {}
 
-    knn_dm = WCLDataModule(**common, augment=aug, **labels)
+    knn_dm = WCLDataModule(**data)
     subset_file = ckpt.parent / "labelled_subset.txt"
     if subset_file.is_file() and subset_file.read_text().split() != knn_dm.labelled_names():
         raise SystemExit(f"{subset_file} differs from the evaluation's labelled subset: the protocol is broken")
     out["labelled_images"] = len(knn_dm.labelled_names())
     if "knn_top1" in scores:
-        knn = Trainer(**quiet).validate(KNNEval(str(ckpt), num_classes=10, k=200, temperature=0.1), knn_dm,
-                                        verbose=False)
+        knn = Trainer(**options).validate(KNNEval(str(ckpt), num_classes=10, k=200, temperature=0.1), knn_dm,
+                                          verbose=False)
         out["knn_top1"] = float(knn[0]["val/knn_top1"])
 
     if "linear_top1" in scores:
         seed_everything(seed, verbose=False)
-        probe_dm = LabelledDataModule(**common, batch_size=256, augment=aug, train_augment="none", **labels)
+        probe_dm = LabelledDataModule(**data, batch_size=256, train_augment="none")
         probe = LinearProbe(str(ckpt), num_classes=10, mode="cached", lr=0.1, momentum=0.9, weight_decay=0.0)
-        trainer = Trainer(**quiet, max_epochs=args.probe_epochs, check_val_every_n_epoch=args.probe_epochs)
+        trainer = Trainer(**options, max_epochs=args.probe_epochs, check_val_every_n_epoch=args.probe_epochs)
         trainer.fit(probe, probe_dm)
         out["linear_top1"] = float(trainer.callback_metrics["val/top1"])
 
     if "finetune_top1" in scores:
-        seed_everything(seed, verbose=False)
-        ft = yaml.safe_load(FINETUNE.read_text())
-        ft_dm = LabelledDataModule(**common, batch_size=ft["data"]["init_args"]["batch_size"], augment=aug,
-                                   train_augment="crop_flip", **labels)
-        hp = {k: v for k, v in ft["model"]["init_args"].items() if k != "checkpoint"}
-        trainer = Trainer(**quiet, max_epochs=args.finetune_epochs, check_val_every_n_epoch=args.finetune_epochs)
-        trainer.fit(FineTune(str(ckpt), num_classes=10, **hp), ft_dm)
-        out["finetune_top1"] = float(trainer.callback_metrics["val/top1"])
+        ft_dm = LabelledDataModule(**data, batch_size=finetune_batch_size(), train_augment="crop_flip")
+        out["finetune_top1"] = finetune(ckpt, ft_dm, seed, args.finetune_epochs, root)[1]
 
     if "propagation_top1" in scores:
         prop = yaml.safe_load(PROPAGATE.read_text())["model"]["init_args"]
-        prop_dm = WCLDataModule(**common, augment=aug, bank="masked", **labels)
+        prop_dm = WCLDataModule(**data, bank="masked")
         model = PropagationEval(str(ckpt), num_classes=10, **{k: v for k, v in prop.items() if k != "checkpoint"})
-        result = Trainer(**quiet).validate(model, prop_dm, verbose=False)
+        result = Trainer(**options).validate(model, prop_dm, verbose=False)
         out["propagation_top1"] = float(result[0]["val/propagation_top1"])
     return out
 

@@ -37,11 +37,10 @@ import yaml
 from torch.utils.data import ConcatDataset, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fewlabel  # noqa: E402  (the evaluations' data and fine-tune recipe)
 import quality  # noqa: E402  (the CPU-proxy protocol's data arguments)
 
 REPO = quality.REPO
-FINETUNE = REPO / "configs" / "fewlabel" / "finetune_cpu_proxy.yaml"
-PROPAGATE = REPO / "configs" / "fewlabel" / "propagate_cpu_proxy.yaml"
 
 
 class Relabelled(Dataset):
@@ -70,36 +69,26 @@ def confident_rows(pred: torch.Tensor, conf: torch.Tensor, candidates: torch.Ten
 
 def finetune(ckpt: Path, data_kwargs: dict, seed: int, epochs: int, extra_train: Dataset | None = None):
     """The shipped recipe from ``ckpt`` on the labelled subset (plus ``extra_train``): (model, test top-1)."""
-    from lightning.pytorch import Trainer, seed_everything
+    from wcl import LabelledDataModule
 
-    from wcl import FineTune, LabelledDataModule
-
-    ft = yaml.safe_load(FINETUNE.read_text())
-    dm = LabelledDataModule(**data_kwargs, batch_size=ft["data"]["init_args"]["batch_size"], train_augment="crop_flip")
+    dm = LabelledDataModule(**data_kwargs, batch_size=fewlabel.finetune_batch_size(), train_augment="crop_flip")
     if extra_train is not None:
         names = dm.labelled_names()
         dm.train_base = ConcatDataset([dm.train_base, extra_train])
         dm.labelled_names = lambda: names  # the labelled subset stays the subset; the rest are pseudo-labels
-    seed_everything(seed, verbose=False)
-    hp = {k: v for k, v in ft["model"]["init_args"].items() if k != "checkpoint"}
-    model = FineTune(str(ckpt), num_classes=dm.num_classes, **hp)
-    trainer = Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="auto",
-                      devices=1, enable_checkpointing=False, num_sanity_val_steps=0, max_epochs=epochs,
-                      check_val_every_n_epoch=epochs, default_root_dir=str(REPO / "runs" / "pseudo_labels"))
-    trainer.fit(model, dm)
-    return model, float(trainer.callback_metrics["val/top1"])
+    return fewlabel.finetune(ckpt, dm, seed, epochs, REPO / "runs" / "pseudo_labels")
 
 
 @torch.no_grad()
-def train_features(backbone: torch.nn.Module, dm, train: Dataset) -> torch.Tensor:
-    """N×D features of every training image (eval transform)."""
+def train_features(backbone: torch.nn.Module, dm) -> torch.Tensor:
+    """N×D features of every training image, labelled or not (eval transform), in the split's order."""
     backbone.eval()
-    return torch.cat([backbone(b["image"]).float() for b in dm._loader(dm.eval_samples(train), dm.eval_batch_size)])
+    batches = (dm.on_after_batch_transfer(batch, 0) for batch in dm.eval_loader("bank"))
+    return torch.cat([backbone(batch["image"]).float() for batch in batches])
 
 
 def run_one(fraction: float, seed: int, teacher: str, share: float, args: argparse.Namespace) -> dict:
     from wcl import LabelledDataModule
-    from wcl.data import Augmentations
     from wcl.data.datasets import targets_of
     from wcl.eval.checkpoint import load_backbone
     from wcl.eval.propagate import affinity, label_distribution, propagate
@@ -115,10 +104,7 @@ def run_one(fraction: float, seed: int, teacher: str, share: float, args: argpar
                          f"{args.method} --seeds {seed} --epochs {args.epochs} --out {args.runs}"
                          + (" --quick" if args.quick else ""))
     start = time.perf_counter()
-    data = quality.data_args(args.quick)
-    common = {k: data.get(k) for k in ("dataset", "root", "train_per_class", "val_per_class", "eval_batch_size",
-                                       "num_workers")}
-    data_kwargs = {**common, "augment": Augmentations(**data["augment"]), "label_fraction": fraction, "seed": seed}
+    data_kwargs = {**fewlabel.eval_data(args.quick), "label_fraction": fraction, "seed": seed}
     dm = LabelledDataModule(**data_kwargs)
     train = dm.source.split("bank")
     truth = torch.tensor(targets_of(train))
@@ -129,13 +115,13 @@ def run_one(fraction: float, seed: int, teacher: str, share: float, args: argpar
 
     if teacher == "finetune":
         model, result["finetune_top1"] = finetune(ckpt, data_kwargs, seed, args.finetune_epochs)
-        feats = train_features(model.backbone, dm, train)
+        feats = train_features(model.backbone, dm)
         prob = F.softmax(model.classifier(feats), dim=1)
         conf, pred = prob.max(dim=1)
     else:
-        prop = yaml.safe_load(PROPAGATE.read_text())["model"]["init_args"]
+        prop = yaml.safe_load(fewlabel.PROPAGATE.read_text())["model"]["init_args"]
         backbone, _ = load_backbone(ckpt)
-        feats = train_features(backbone, dm, train)
+        feats = train_features(backbone, dm)
         scores = propagate(affinity(feats, prop["graph_k"], prop["gamma"]), torch.where(known, truth, -1),
                            dm.num_classes, prop["alpha"], prop.get("iters", 20))
         prob, conf = label_distribution(scores)
