@@ -150,6 +150,7 @@ class KnnMultiCrop(Callback):
         self.table: NeighborTable | None = None
         self.searched: Tensor | None = None  # the last search's table, before the rule
         self.bank: FeatureBank | None = None
+        self._eval_loader: Any = None  # features: eval — built once, so persistent workers persist
         self._labels: Tensor | None = None
         self._pending_bank: dict[str, Any] | None = None
         self._epoch = 0
@@ -219,7 +220,9 @@ class KnnMultiCrop(Callback):
         dm, training = trainer.datamodule, pl_module.training
         pl_module.eval()
         try:
-            for batch in dm.eval_loader("pretrain", shard=True):
+            if self._eval_loader is None:
+                self._eval_loader = dm.eval_loader("pretrain", shard=True)
+            for batch in self._eval_loader:
                 batch = dm.on_after_batch_transfer(move_data_to_device(batch, pl_module.device), 0)
                 with trainer.precision_plugin.forward_context():
                     self.bank.write(batch["index"], pl_module(batch["image"]))
