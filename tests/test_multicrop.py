@@ -182,7 +182,8 @@ class _TrainMode(Callback):
         self.training.append(pl_module.training and pl_module.backbone.training)
 
 
-@pytest.mark.parametrize("path", [dict(num_workers=0), dict(num_workers=0, augment_on="device", in_memory="device")])
+@pytest.mark.parametrize("path", [pytest.param(dict(num_workers=0), marks=pytest.mark.slow),
+                                  dict(num_workers=0, augment_on="device", in_memory="device")])
 def test_eval_features_search_the_whole_images(tmp_path, path):
     dm = WCLDataModule(batch_size=10, train_per_class=4, val_per_class=1, num_small_crops=2, small_crop_size=16,
                        **path)
