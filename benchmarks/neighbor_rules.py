@@ -34,13 +34,6 @@ import quality  # noqa: E402  (the CPU-proxy protocol's data arguments)
 FLOORS = (1.0, 1.1)
 
 
-def nearest_k(feats: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N×k similarities, N×k ids) of each unit row's k most similar other rows, exact."""
-    sim = feats @ feats.T
-    sim.fill_diagonal_(-float("inf"))
-    return sim.topk(k, dim=1)
-
-
 def rule_stats(view1: torch.Tensor, view2: torch.Tensor, whole: torch.Tensor, labels: torch.Tensor, k: int,
                floors: tuple[float, ...] = FLOORS) -> dict[str, dict[str, float]]:
     """Share and purity of the neighbours each rule keeps (see the module docstring).
@@ -50,9 +43,10 @@ def rule_stats(view1: torch.Tensor, view2: torch.Tensor, whole: torch.Tensor, la
             whole images; labels: N true classes.
     """
     from wcl.data.crops import restrict_neighbors
+    from wcl.neighbors import neighbors_of_rows
 
-    sim1, t1 = nearest_k(view1, k)
-    t2 = nearest_k(view2, k)[1]
+    sim1, t1 = neighbors_of_rows(view1, k)
+    t2 = neighbors_of_rows(view2, k)[1]
     own = torch.arange(len(t1))[:, None]
     kept = {
         "view all": t1,
@@ -63,7 +57,7 @@ def rule_stats(view1: torch.Tensor, view2: torch.Tensor, whole: torch.Tensor, la
     views = (view1 * view2).sum(1, keepdim=True)
     for c in floors:
         kept[f"view floor {c:g}"] = torch.where(sim1 >= c * views, t1, own)
-    t_eval = nearest_k(whole, k)[1]
+    t_eval = neighbors_of_rows(whole, k)[1]
     kept |= {"eval all": t_eval, "eval nearest": t_eval[:, :1]}
     out = {}
     for name, table in kept.items():
